@@ -1,0 +1,80 @@
+/**
+ * One Pushpin instance from the project's `pushpin.conf` template: rendered
+ * into its own folder under the data dir (run/log dirs, ports, sig_key), then
+ * started in the foreground as a child (`pushpin --config …`).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync, openSync } from "node:fs";
+import { join } from "node:path";
+import { ROOT } from "../config.ts";
+import { logger } from "../log.ts";
+
+export interface PushpinOptions {
+  id: string;              // instance id: folder name and ipc prefix
+  dataDir: string;
+  httpPort: number;
+  publishPort: number;
+  zmqBase: number;         // push_in = base, sub = base+2, command = base+3
+  origin: string;          // host:port of the server
+  sigKey: string;
+}
+
+export interface Pushpin {
+  child: ChildProcess;
+  publishUrl: string;
+  clientUrl: string;
+  stop: () => Promise<void>;
+}
+
+function render(template: string, vars: Record<string, string | number>): string {
+  return template.replace(/\{\{([A-Z_]+)\}\}/g, (_, k) => {
+    if (!(k in vars)) throw new Error(`pushpin template: no value for {{${k}}}`);
+    return String(vars[k]);
+  });
+}
+
+export async function startPushpin(o: PushpinOptions): Promise<Pushpin> {
+  const dir = join(o.dataDir, `pushpin-${o.id}`);
+  const rundir = join(dir, "run");
+  const logdir = join(dir, "log");
+  mkdirSync(rundir, { recursive: true });
+  mkdirSync(logdir, { recursive: true });
+  const vars = {
+    RUNDIR: rundir, LOGDIR: logdir, IPC_PREFIX: `tdc-${o.id}-`, HTTP_PORT: o.httpPort,
+    PUBLISH_PORT: o.publishPort, PUSH_IN_PORT: o.zmqBase, PUSH_SUB_PORT: o.zmqBase + 2,
+    COMMAND_PORT: o.zmqBase + 3, SIG_KEY: o.sigKey, ORIGIN: o.origin,
+  };
+  writeFileSync(join(dir, "pushpin.conf"), render(readFileSync(join(ROOT, "pushpin.conf"), "utf8"), vars), { mode: 0o600 });
+  writeFileSync(join(dir, "routes"), render(readFileSync(join(ROOT, "pushpin.routes"), "utf8"), vars));
+  const out = openSync(join(logdir, "pushpin.out"), "a");
+  const child = spawn("pushpin", ["--config", join(dir, "pushpin.conf"), "--merge-output"], {
+    stdio: ["ignore", out, out], detached: false,
+  });
+  let exited = false;
+  child.on("exit", () => (exited = true));
+  const clientUrl = `http://127.0.0.1:${o.httpPort}`;
+  const publishUrl = `http://127.0.0.1:${o.publishPort}/publish/`;
+  // Ready when both the client port and the publish port answer.
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (exited) throw new Error(`pushpin exited during startup (see ${join(logdir, "pushpin.out")})`);
+    try {
+      const r = await fetch(publishUrl, { method: "POST", headers: { "content-type": "application/json" }, body: '{"items":[]}' });
+      await r.arrayBuffer();
+      const c = await fetch(clientUrl + "/__pushpin_probe", { signal: AbortSignal.timeout(2000) }).catch(() => null);
+      if (c) { await c.arrayBuffer().catch(() => {}); break; }
+    } catch { /* not yet */ }
+    if (Date.now() > deadline) throw new Error(`pushpin did not become ready within 30 s (see ${logdir})`);
+    await new Promise((r) => setTimeout(r, 150));
+  }
+  logger.info({ id: o.id, port: o.httpPort, publish: publishUrl }, "pushpin ready");
+  return {
+    child, publishUrl, clientUrl,
+    stop: () => new Promise<void>((res) => {
+      if (exited) return res();
+      const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+      child.once("exit", () => { clearTimeout(t); res(); });
+      child.kill("SIGTERM");
+    }),
+  };
+}

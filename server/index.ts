@@ -1,0 +1,41 @@
+/**
+ * The origin server, behind Pushpin. Read top to bottom, this is the whole
+ * HTTP surface: health, auth, GraphQL (PostGraphile), then the routes later
+ * capabilities add (imports/exports, event streams).
+ */
+import express from "express";
+import { createServer } from "node:http";
+import { config } from "./config.ts";
+import { logger } from "./log.ts";
+import { authenticatorPool } from "./pools.ts";
+import { installHealth } from "./health.ts";
+import { authenticate } from "./auth.ts";
+import { installPostgraphile } from "./postgraphile.ts";
+
+export async function startServer(opts: { port?: number; host?: string } = {}) {
+  const pool = authenticatorPool();
+  const app = express();
+  app.disable("x-powered-by");
+  const server = createServer(app);
+
+  installHealth(app, pool, config.publishUrls);
+  app.use(["/graphql"], authenticate(pool));
+  await installPostgraphile(app, server, pool);
+
+  await new Promise<void>((res) => server.listen(opts.port ?? config.serverPort, opts.host ?? config.serverHost, res));
+  const addr = server.address() as { port: number };
+  logger.info({ port: addr.port }, "server listening");
+  return {
+    port: addr.port, app, server, pool,
+    close: async () => {
+      server.closeAllConnections?.();
+      await new Promise<void>((r) => server.close(() => r()));
+      await pool.end();
+    },
+  };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const s = await startServer();
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => s.close().then(() => process.exit(0)));
+}

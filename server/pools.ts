@@ -1,0 +1,21 @@
+/**
+ * Connection pools. The server logs in as the authenticator role only: it
+ * holds no privileges of its own and becomes the caller's role per request
+ * (`SET LOCAL ROLE` done by PostGraphile from pgSettings, or by our routes).
+ */
+import pg from "pg";
+import { config } from "./config.ts";
+import { logger } from "./log.ts";
+
+// bigint/numeric columns arrive as strings (no silent precision loss); int8 counts we parse ourselves.
+export function makePool(connectionString: string, applicationName: string, max = 20): pg.Pool {
+  const pool = new pg.Pool({ connectionString, max, application_name: applicationName, idleTimeoutMillis: 30_000 });
+  // A pool error (e.g. the server restarted) must not crash the process; the next checkout reconnects.
+  pool.on("error", (err) => logger.warn({ err: err.message }, "idle database client error"));
+  return pool;
+}
+
+export function authenticatorPool(): pg.Pool {
+  if (!config.authenticatorUrl) throw new Error("TDC_AUTHENTICATOR_URL is not set (npm start sets it for you)");
+  return makePool(config.authenticatorUrl, "tdc-server");
+}

@@ -1,0 +1,34 @@
+/**
+ * The worker process: graphile-worker (jobs queued by SQL) plus the event
+ * forwarder (database events → Pushpin). Connects as the owner role; its
+ * connections carry application_name tdc-worker, which /healthz looks for.
+ */
+import { run } from "graphile-worker";
+import { config } from "../server/config.ts";
+import { logger } from "../server/log.ts";
+
+export async function startWorker(opts: { ownerUrl?: string; publishUrls?: string[] } = {}) {
+  const ownerUrl = opts.ownerUrl ?? config.ownerUrl;
+  if (!ownerUrl) throw new Error("TDC_OWNER_URL is not set (npm start sets it for you)");
+  // application_name marks the worker's connections; /healthz counts them.
+  const url = new URL(ownerUrl);
+  url.searchParams.set("application_name", "tdc-worker");
+  const runner = await run({
+    connectionString: url.toString(),
+    maxPoolSize: 10,
+    concurrency: 4,
+    noHandleSignals: true,
+    pollInterval: 2000,
+    taskList: {},
+  });
+  logger.info("worker started");
+  return {
+    runner,
+    stop: async () => { await runner.stop(); },
+  };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const w = await startWorker();
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => w.stop().then(() => process.exit(0)));
+}
