@@ -63,7 +63,8 @@ drop policy if exists select_own on app_public.users;
 create policy select_own on app_public.users for select to tdc_user using (role_name = current_user);
 drop policy if exists owner_all on app_public.users;
 create policy owner_all on app_public.users to tdc_owner using (true) with check (true);
-grant select on app_public.users to tdc_user;
+-- Anonymous callers may ask (currentUser is then null): no policy gives them any row.
+grant select on app_public.users to tdc_user, tdc_anonymous;
 comment on table app_public.users is 'A TinyDevCRM account. Each user is a Postgres role with a schema of their own; you only ever see yourself.';
 comment on column app_public.users.id is 'Unique id of the user.';
 comment on column app_public.users.email is 'Email address used to sign in (unique, case-insensitive).';

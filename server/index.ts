@@ -7,18 +7,29 @@ import express from "express";
 import { createServer } from "node:http";
 import { config } from "./config.ts";
 import { logger } from "./log.ts";
-import { authenticatorPool } from "./pools.ts";
+import { makePool } from "./pools.ts";
 import { installHealth } from "./health.ts";
 import { authenticate } from "./auth.ts";
 import { installPostgraphile } from "./postgraphile.ts";
 
-export async function startServer(opts: { port?: number; host?: string } = {}) {
-  const pool = authenticatorPool();
+export interface ServerOptions {
+  port?: number;
+  host?: string;
+  authenticatorUrl?: string;
+  publishUrls?: string[];
+  gripSigKey?: string;
+}
+
+export async function startServer(opts: ServerOptions = {}) {
+  const authenticatorUrl = opts.authenticatorUrl ?? config.authenticatorUrl;
+  if (!authenticatorUrl) throw new Error("TDC_AUTHENTICATOR_URL is not set (npm start sets it for you)");
+  const publishUrls = opts.publishUrls ?? config.publishUrls;
+  const pool = makePool(authenticatorUrl, "tdc-server");
   const app = express();
   app.disable("x-powered-by");
   const server = createServer(app);
 
-  installHealth(app, pool, config.publishUrls);
+  installHealth(app, pool, publishUrls);
   app.use(["/graphql"], authenticate(pool));
   await installPostgraphile(app, server, pool);
 

@@ -15,7 +15,3 @@ export function makePool(connectionString: string, applicationName: string, max 
   return pool;
 }
 
-export function authenticatorPool(): pg.Pool {
-  if (!config.authenticatorUrl) throw new Error("TDC_AUTHENTICATOR_URL is not set (npm start sets it for you)");
-  return makePool(config.authenticatorUrl, "tdc-server");
-}

@@ -3,9 +3,15 @@
  * forwarder (database events → Pushpin). Connects as the owner role; its
  * connections carry application_name tdc-worker, which /healthz looks for.
  */
-import { run } from "graphile-worker";
+import { run, Logger } from "graphile-worker";
 import { config } from "../server/config.ts";
 import { logger } from "../server/log.ts";
+
+// graphile-worker's log lines, as structured JSON through our logger.
+const workerLogger = new Logger((scope) => (level, message, meta) => {
+  const fn = level === "error" ? "error" : level === "warning" ? "warn" : level === "info" ? "info" : "debug";
+  logger[fn]({ src: "graphile-worker", ...scope, ...(meta as object) }, message);
+});
 
 export async function startWorker(opts: { ownerUrl?: string; publishUrls?: string[] } = {}) {
   const ownerUrl = opts.ownerUrl ?? config.ownerUrl;
@@ -20,6 +26,8 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
     noHandleSignals: true,
     pollInterval: 2000,
     taskList: {},
+    crontab: "",
+    logger: workerLogger,
   });
   logger.info("worker started");
   return {

@@ -9,6 +9,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { migrate, watch, Logger } from "graphile-migrate";
+import { runMigrations as installWorkerSchema } from "graphile-worker";
 import { ROOT } from "../config.ts";
 import { logger } from "../log.ts";
 
@@ -99,6 +100,8 @@ export async function migrateDatabase(adminUrl: string, dbName: string, pw: Pass
   await migrate(settings);
   await watch(settings, true);
   await applyFunctions(ownerUrl);
+  // graphile-worker's own schema, installed here so workers need no DDL rights at run time.
+  await installWorkerSchema({ connectionString: ownerUrl });
 }
 
 /** Apply every `functions/*.sql` file, in name order, in one transaction. */

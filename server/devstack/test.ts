@@ -1,0 +1,54 @@
+/**
+ * `npm test`: a fresh, throwaway PostgreSQL cluster (under <data>/test, on its
+ * own port), one template database built with the real bootstrap, then ava.
+ * Each test file clones its own database from the template (test/helpers/db.ts)
+ * and starts its own server/worker/Pushpin on free ports as it needs them.
+ */
+import { spawn } from "node:child_process";
+import { rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import pg from "pg";
+import { ROOT, config } from "../config.ts";
+import { logger } from "../log.ts";
+import { loadSecrets } from "./secrets.ts";
+import { startCluster } from "./cluster.ts";
+import { bootstrapDatabase } from "./database.ts";
+
+export const TEST_TEMPLATE = "tdc_template";
+export const TEST_CRON_DB = "tdc_cron";
+
+const dir = join(config.dataDir, "test");
+rmSync(dir, { recursive: true, force: true });
+mkdirSync(dir, { recursive: true });
+const secrets = loadSecrets(dir);
+const port = Number(process.env.TDC_TEST_PG_PORT || 54339);
+const started = Date.now();
+const cluster = await startCluster({ dir: join(dir, "pg"), port, superuserPassword: secrets.superuser, cronDatabase: TEST_CRON_DB, fast: true });
+let code = 1;
+try {
+  const adminUrl = cluster.adminUrl();
+  await bootstrapDatabase(adminUrl, TEST_TEMPLATE, { owner: secrets.owner, authenticator: secrets.authenticator });
+  const c = new pg.Client({ connectionString: adminUrl });
+  await c.connect();
+  await c.query(`alter database ${TEST_TEMPLATE} is_template true`);
+  await c.end();
+  logger.info({ ms: Date.now() - started }, "test cluster and template ready");
+  const env = {
+    ...process.env,
+    TDC_TEST_ADMIN_URL: adminUrl,
+    TDC_TEST_DATA_DIR: dir,
+    TDC_TEST_SECRETS: join(dir, "secrets.json"),
+    LOG_LEVEL: process.env.LOG_LEVEL || "warn",
+    GRAPHILE_ENV: "test",
+  };
+  writeFileSync(join(dir, "env.json"), JSON.stringify({ adminUrl }), { mode: 0o600 });
+  code = await new Promise<number>((res) => {
+    const ava = spawn(process.execPath, [join(ROOT, "node_modules/ava/entrypoints/cli.mjs"), ...process.argv.slice(2)], { stdio: "inherit", env, cwd: ROOT });
+    ava.on("exit", (c, sig) => res(c ?? (sig ? 1 : 0)));
+  });
+} catch (e) {
+  logger.error({ err: (e as Error).stack }, "test bootstrap failed");
+} finally {
+  await cluster.stop();
+}
+process.exit(code);
