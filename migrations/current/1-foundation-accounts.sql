@@ -135,3 +135,5 @@ comment on column app_public.api_tokens.token_hash is 'sha256 of the token (neve
 comment on column app_public.api_tokens.created_at is 'When the token was created.';
 comment on column app_public.api_tokens.expires_at is 'When the token stops working (null: never).';
 comment on column app_public.api_tokens.revoked_at is 'When the token was revoked (null while valid).';
+-- Looking tokens up by hash is the server's job (resolve_token), not an API field.
+comment on constraint api_tokens_token_hash_key on app_public.api_tokens is E'@behavior -single';
