@@ -5,8 +5,8 @@
  * as the `postgres` OS user (initdb refuses root).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync, chownSync, openSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, writeFileSync, chownSync, openSync, readFileSync, statSync, chmodSync } from "node:fs";
+import { join, dirname } from "node:path";
 import pg from "pg";
 import { logger } from "../log.ts";
 
@@ -35,8 +35,25 @@ function osUser(): { uid: number; gid: number } | null {
   return { uid: Number(r.stdout.trim()), gid: Number(g.stdout.trim()) };
 }
 
+/**
+ * As root, Postgres runs as the `postgres` OS user, which must be able to reach
+ * the data folder: a checkout under a 0700 folder (mktemp -d, /root) would lock
+ * it out. Grant traverse-only permission (o+x, not read) on such ancestors, and say so.
+ */
+function ensureTraversable(dir: string) {
+  for (let d = dirname(dir); ; d = dirname(d)) {
+    const st = statSync(d);
+    if ((st.mode & 0o001) === 0) {
+      chmodSync(d, st.mode | 0o001);
+      logger.warn({ dir: d }, "granted traverse permission (o+x) so the postgres OS user can reach the data folder");
+    }
+    if (d === dirname(d)) break;
+  }
+}
+
 export async function startCluster(o: ClusterOptions): Promise<Cluster> {
   const user = osUser();
+  if (user) { mkdirSync(o.dir, { recursive: true }); ensureTraversable(o.dir); }
   const pgdata = join(o.dir, "pgdata");
   const socketDir = join(o.dir, "run");
   for (const d of [o.dir, socketDir]) {

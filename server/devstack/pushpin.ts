@@ -4,7 +4,7 @@
  * started in the foreground as a child (`pushpin --config …`).
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync, openSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync, openSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../config.ts";
 import { logger } from "../log.ts";
@@ -33,6 +33,17 @@ function render(template: string, vars: Record<string, string | number>): string
   });
 }
 
+/** Kill every process whose command line mentions this instance's folder (Pushpin's services). */
+export function killInstanceProcesses(dir: string) {
+  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    if (Number(pid) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (cmd.includes(dir + "/")) process.kill(Number(pid), "SIGKILL");
+    } catch { /* exited meanwhile, or not ours to read */ }
+  }
+}
+
 export async function startPushpin(o: PushpinOptions): Promise<Pushpin> {
   const dir = join(o.dataDir, `pushpin-${o.id}`);
   const rundir = join(dir, "run");
@@ -47,11 +58,18 @@ export async function startPushpin(o: PushpinOptions): Promise<Pushpin> {
   writeFileSync(join(dir, "pushpin.conf"), render(readFileSync(join(ROOT, "pushpin.conf"), "utf8"), vars), { mode: 0o600 });
   writeFileSync(join(dir, "routes"), render(readFileSync(join(ROOT, "pushpin.routes"), "utf8"), vars));
   const out = openSync(join(logdir, "pushpin.out"), "a");
+  // Pushpin's runner starts condure, zurl, proxy and handler, each in a process group of its
+  // own. Losing the runner (crash, kill -9) must not leave them serving on our ports: they are
+  // found by this instance's folder in their command lines and killed.
   const child = spawn("pushpin", ["--config", join(dir, "pushpin.conf"), "--merge-output"], {
-    stdio: ["ignore", out, out], detached: false,
+    stdio: ["ignore", out, out], detached: true,
   });
+  const killGroup = (sig: NodeJS.Signals) => {
+    try { process.kill(child.pid!, sig); } catch { /* gone */ }
+    if (sig === "SIGKILL") killInstanceProcesses(dir);
+  };
   let exited = false;
-  child.on("exit", () => (exited = true));
+  child.on("exit", () => { exited = true; killInstanceProcesses(dir); });
   const clientUrl = `http://127.0.0.1:${o.httpPort}`;
   const publishUrl = `http://127.0.0.1:${o.publishPort}/publish/`;
   // Ready when both the client port and the publish port answer.
@@ -72,9 +90,9 @@ export async function startPushpin(o: PushpinOptions): Promise<Pushpin> {
     child, publishUrl, clientUrl,
     stop: () => new Promise<void>((res) => {
       if (exited) return res();
-      const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+      const t = setTimeout(() => killGroup("SIGKILL"), 5000);
       child.once("exit", () => { clearTimeout(t); res(); });
-      child.kill("SIGTERM");
+      killGroup("SIGTERM");
     }),
   };
 }

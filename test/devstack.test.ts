@@ -1,0 +1,103 @@
+/**
+ * `npm start` end to end (issue: foundation): the real supervisor on a fresh
+ * data folder and free ports brings up Postgres+pg_cron, Pushpin, server and
+ * worker; /healthz is 200 through Pushpin; a second start refuses; killing the
+ * worker or Pushpin turns /healthz 503 naming it; Ctrl-C stops every child; a
+ * restart keeps the data.
+ */
+import test from "ava";
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { join } from "node:path";
+import { mkdtempSync } from "node:fs";
+import { ROOT } from "../server/config.ts";
+import { freePort, freePortRange, gql } from "./helpers/stack.ts";
+import { eventually } from "./helpers/wait.ts";
+
+const dataDir = mkdtempSync(join(process.env.TDC_TEST_DATA_DIR!, "devstack-"));
+let env: Record<string, string>;
+let pushpinUrl: string;
+let serverUrl: string;
+
+test.before(async () => {
+  const [pg, srv, http, pub, zmq] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePortRange(4)];
+  env = {
+    ...process.env as Record<string, string>,
+    TDC_DATA_DIR: dataDir, TDC_PG_PORT: String(pg), TDC_SERVER_PORT: String(srv), TDC_PUSHPIN_PORT: String(http),
+    TDC_PUSHPIN_PUBLISH_PORT: String(pub), TDC_PUSHPIN_ZMQ_BASE: String(zmq), LOG_LEVEL: "warn",
+  };
+  delete env.DATABASE_URL;
+  pushpinUrl = `http://127.0.0.1:${http}`;
+  serverUrl = `http://127.0.0.1:${srv}`;
+});
+
+function start(): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "server/devstack/start.ts")], { env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
+  return { child, output: () => out, exited };
+}
+
+function childPid(parent: number, match: RegExp): number {
+  const out = execFileSync("ps", ["-o", "pid=,args=", "--ppid", String(parent)], { encoding: "utf8" });
+  const line = out.split("\n").find((l) => match.test(l));
+  if (!line) throw new Error(`no child matching ${match} under ${parent}:\n${out}`);
+  return Number(line.trim().split(/\s+/)[0]);
+}
+
+async function health(url: string) {
+  const r = await fetch(url + "/healthz", { signal: AbortSignal.timeout(5000) });
+  return { status: r.status, body: await r.json() };
+}
+
+test.serial("npm start: up, refuses a second start, reports dead parts, stops cleanly, keeps data", async (t) => {
+  const first = start();
+  try {
+    await eventually(async () => (await health(pushpinUrl)).status === 200, 90_000, 300);
+    const h = await health(pushpinUrl);
+    t.deepEqual(Object.fromEntries(Object.entries(h.body.components).map(([k, v]: any) => [k, v.status])),
+      { database: "ok", pg_cron: "ok", worker: "ok", pushpin: "ok" });
+    await eventually(async () => first.output().includes("TinyDevCRM is up."), 10_000);
+    t.regex(first.output(), /GraphQL\s+http:\/\/localhost:\d+\/graphql/);
+    t.regex(first.output(), /psql\s+PGPASSFILE=\S+ psql "postgres:\/\/postgres@127\.0\.0\.1:\d+\/tinydevcrm"/);
+    t.notRegex(first.output(), /postgres:\/\/[^@\s"]+:[^@\s"]+@/, "no password printed");
+
+    const reg = await gql(pushpinUrl, `mutation{register(input:{email:"keep@example.com",password:"keep me please"}){user{handle}}}`);
+    t.is(reg.data.register.user.handle, "keep");
+
+    // A second start while this one runs says so and exits non-zero, touching nothing.
+    const second = start();
+    t.is(await second.exited, 1);
+    t.regex(second.output(), /already running/);
+    t.is((await health(pushpinUrl)).status, 200);
+
+    // Kill the worker: /healthz turns 503 naming it.
+    process.kill(childPid(first.child.pid!, /worker\/index\.ts/), "SIGKILL");
+    const w = await eventually(async () => { const r = await health(pushpinUrl); return r.status === 503 && r; }, 15_000);
+    t.is(w.body.components.worker.status, "down");
+    t.is(w.body.components.database.status, "ok");
+
+    // Kill Pushpin's runner (kill -9): its services go with it, and the origin's own /healthz names it.
+    process.kill(childPid(first.child.pid!, /^\s*\d+\s+pushpin /), "SIGKILL");
+    const p = await eventually(async () => { const r = await health(serverUrl); return r.body.components.pushpin.status === "down" && r; }, 15_000);
+    t.is(p.status, 503);
+  } finally {
+    first.child.kill("SIGINT");
+    t.is(await first.exited, 0, first.output().slice(-2000));
+  }
+  // Every child is gone: nothing listens on the Pushpin or server ports.
+  await t.throwsAsync(fetch(serverUrl + "/healthz"));
+  await t.throwsAsync(fetch(pushpinUrl + "/healthz"));
+
+  // Restart: everything back, the user still there.
+  const again = start();
+  try {
+    await eventually(async () => (await health(pushpinUrl)).status === 200, 90_000, 300);
+    const a = await gql(pushpinUrl, `mutation{authenticate(input:{email:"keep@example.com",password:"keep me please"}){jwtToken}}`);
+    t.truthy(a.data.authenticate.jwtToken, "data survived the restart");
+  } finally {
+    again.child.kill("SIGINT");
+    t.is(await again.exited, 0);
+  }
+});
