@@ -12,6 +12,7 @@ import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { makePgService } from "postgraphile/adaptors/pg";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import { GraphQLError } from "postgraphile/graphql";
+import { depthLimit } from "@graphile/depth-limit";
 import { config } from "./config.ts";
 import { logger } from "./log.ts";
 import { ANONYMOUS, type Auth } from "./auth.ts";
@@ -58,10 +59,28 @@ const TdcNamingPlugin: GraphileConfig.Plugin = {
   },
 };
 
+/**
+ * Limits on what one GraphQL document may ask for: selection depth, nested
+ * lists, self-referencing cycles (the body size is capped by maxRequestLength,
+ * and every statement by the authenticator's statement_timeout).
+ */
+const TdcLimitsPlugin: GraphileConfig.Plugin = {
+  name: "TdcLimitsPlugin",
+  version: "1.0.0",
+  grafserv: {
+    middleware: {
+      setPreset(next, event) {
+        event.validationRules.push(depthLimit({ maxDepth: 12, maxListDepth: 4, maxSelfReferentialDepth: 2, revealDetails: true }));
+        return next();
+      },
+    },
+  },
+};
+
 export async function installPostgraphile(app: Express, server: Server, pool: pg.Pool) {
   const preset: GraphileConfig.Preset = {
     extends: [PostGraphileAmberPreset],
-    plugins: [TdcNamingPlugin],
+    plugins: [TdcNamingPlugin, TdcLimitsPlugin],
     pgServices: [makePgService({ pool, schemas: ["app_public"] })],
     grafserv: {
       graphqlPath: "/graphql",
