@@ -11,6 +11,7 @@ import { makePool } from "./pools.ts";
 import { installHealth } from "./health.ts";
 import { authenticate } from "./auth.ts";
 import { installPostgraphile } from "./postgraphile.ts";
+import { installErrorHandler } from "./errors.ts";
 
 export interface ServerOptions {
   port?: number;
@@ -32,6 +33,7 @@ export async function startServer(opts: ServerOptions = {}) {
   installHealth(app, pool, publishUrls);
   app.use(["/graphql"], authenticate(pool));
   await installPostgraphile(app, server, pool);
+  installErrorHandler(app);
 
   await new Promise<void>((res) => server.listen(opts.port ?? config.serverPort, opts.host ?? config.serverHost, res));
   const addr = server.address() as { port: number };

@@ -16,6 +16,7 @@ import { depthLimit } from "@graphile/depth-limit";
 import { config } from "./config.ts";
 import { logger } from "./log.ts";
 import { ANONYMOUS, type Auth } from "./auth.ts";
+import { isUnavailable } from "./errors.ts";
 
 // SQLSTATE classes a user can act on; anything else (internal, I/O, resources) is masked.
 const USER_FACING = /^(TD|22|23|25|28|2B|40|42|44|53400|54|55|57014|P0|0A|P0001)/;
@@ -28,6 +29,12 @@ function maskError(error: GraphQLError): GraphQLError {
     return new GraphQLError(orig.message, {
       nodes: error.nodes, source: error.source, positions: error.positions, path: error.path, originalError: orig,
       extensions: { code: orig.code, ...(orig.detail ? { detail: orig.detail } : {}), ...(orig.hint ? { hint: orig.hint } : {}) },
+    });
+  }
+  if (isUnavailable(orig)) {
+    return new GraphQLError("The database is unavailable right now; try again shortly", {
+      nodes: error.nodes, source: error.source, positions: error.positions, path: error.path,
+      extensions: { code: "TDX01" },
     });
   }
   const id = Math.random().toString(36).slice(2, 10);

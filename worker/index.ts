@@ -6,6 +6,7 @@
 import { run, Logger } from "graphile-worker";
 import { config } from "../server/config.ts";
 import { logger } from "../server/log.ts";
+import { makePool } from "../server/pools.ts";
 
 // graphile-worker's log lines, as structured JSON through our logger.
 const workerLogger = new Logger((scope) => (level, message, meta) => {
@@ -17,11 +18,9 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
   const ownerUrl = opts.ownerUrl ?? config.ownerUrl;
   if (!ownerUrl) throw new Error("TDC_OWNER_URL is not set (npm start sets it for you)");
   // application_name marks the worker's connections; /healthz counts them.
-  const url = new URL(ownerUrl);
-  url.searchParams.set("application_name", "tdc-worker");
+  const pool = makePool(ownerUrl, "tdc-worker", 10);
   const runner = await run({
-    connectionString: url.toString(),
-    maxPoolSize: 10,
+    pgPool: pool,
     concurrency: 4,
     noHandleSignals: true,
     pollInterval: 2000,
@@ -31,8 +30,8 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
   });
   logger.info("worker started");
   return {
-    runner,
-    stop: async () => { await runner.stop(); },
+    runner, pool,
+    stop: async () => { await runner.stop(); await pool.end(); },
   };
 }
 
