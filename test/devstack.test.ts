@@ -8,7 +8,7 @@
 import test from "ava";
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, existsSync } from "node:fs";
 import { ROOT } from "../server/config.ts";
 import { freePort, freePortRange, gql } from "./helpers/stack.ts";
 import { eventually } from "./helpers/wait.ts";
@@ -99,5 +99,29 @@ test.serial("npm start: up, refuses a second start, reports dead parts, stops cl
   } finally {
     again.child.kill("SIGINT");
     t.is(await again.exited, 0);
+  }
+});
+
+test.serial("DATABASE_URL: uses that database instead of the embedded cluster, and says clearly that pg_cron is missing there", async (t) => {
+  const ext = { ...env, DATABASE_URL: process.env.TDC_TEST_ADMIN_URL!, TDC_DB_NAME: `tdc_ext_${Date.now() % 100000}`,
+    TDC_DATA_DIR: mkdtempSync(join(process.env.TDC_TEST_DATA_DIR!, "ext-")) };
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "server/devstack/start.ts")], { env: ext, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise((res) => child.on("exit", res));
+  try {
+    const h = await eventually(async () => {
+      const r = await health(pushpinUrl);
+      return r.body.components.database.status === "ok" && r.body.components.worker.status === "ok" && r;
+    }, 60_000, 300);
+    t.is(h.status, 503);
+    t.is(h.body.components.pg_cron.status, "down");
+    t.regex(h.body.components.pg_cron.detail, /not installed in this database/);
+    t.regex(out, /pg_cron is not available in this database/);
+    t.false(existsSync(join(ext.TDC_DATA_DIR, "pg")), "no embedded cluster when DATABASE_URL is set");
+  } finally {
+    child.kill("SIGINT");
+    await exited;
   }
 });
