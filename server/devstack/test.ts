@@ -13,6 +13,15 @@ import { logger } from "../log.ts";
 import { loadSecrets } from "./secrets.ts";
 import { startCluster } from "./cluster.ts";
 import { bootstrapDatabase } from "./database.ts";
+import { createServer } from "node:net";
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.on("error", rej);
+    s.listen(0, "127.0.0.1", () => { const { port } = s.address() as { port: number }; s.close(() => res(port)); });
+  });
+}
 
 export const TEST_TEMPLATE = "tdc_template";
 export const TEST_CRON_DB = "tdc_cron";
@@ -21,7 +30,8 @@ const dir = join(config.dataDir, "test");
 rmSync(dir, { recursive: true, force: true });
 mkdirSync(dir, { recursive: true });
 const secrets = loadSecrets(dir);
-const port = Number(process.env.TDC_TEST_PG_PORT || 54339);
+// A free port unless one is given: a test run never collides with `npm start` or another run.
+const port = Number(process.env.TDC_TEST_PG_PORT) || await freePort();
 const started = Date.now();
 const cluster = await startCluster({ dir: join(dir, "pg"), port, superuserPassword: secrets.superuser, cronDatabase: TEST_CRON_DB, fast: true });
 let code = 1;
