@@ -1,4 +1,4 @@
---! Foundation: schemas, roles' grants, settings, health
+-- Foundation: schemas, roles' grants, settings, health
 -- Schemas say who may see what:
 --   app_public  exposed through GraphQL (PostGraphile introspects only this one)
 --   app_hidden  same grants as app_public, not exposed (helpers the API uses)
@@ -48,7 +48,7 @@ insert into app_private.settings (key, value) values
   ('public_db_host', 'localhost')
 on conflict (key) do nothing;
 
---! Accounts
+-- Accounts
 create table if not exists app_public.users (
   id bigint primary key generated always as identity,
   email text not null,

@@ -1,4 +1,4 @@
---! Realtime core: channels, their sources, and the durable event log
+-- Realtime core: channels, their sources, and the durable event log
 -- (non-destructive and idempotent: this file is applied on every start until committed)
 
 create table if not exists app_public.channels (
