@@ -17,6 +17,7 @@ import { config } from "./config.ts";
 import { logger } from "./log.ts";
 import { ANONYMOUS, type Auth } from "./auth.ts";
 import { isUnavailable } from "./errors.ts";
+import { UserSqlPlugins } from "./plugins/usersql.ts";
 
 // SQLSTATE classes a user can act on; anything else (internal, I/O, resources) is masked.
 const USER_FACING = /^(TD|22|23|25|28|2B|40|42|44|53400|54|55|57014|P0|0A|P0001)/;
@@ -87,7 +88,7 @@ const TdcLimitsPlugin: GraphileConfig.Plugin = {
 export async function installPostgraphile(app: Express, server: Server, pool: pg.Pool) {
   const preset: GraphileConfig.Preset = {
     extends: [PostGraphileAmberPreset],
-    plugins: [TdcNamingPlugin, TdcLimitsPlugin],
+    plugins: [TdcNamingPlugin, TdcLimitsPlugin, ...UserSqlPlugins],
     pgServices: [makePgService({ pool, schemas: ["app_public"] })],
     grafserv: {
       graphqlPath: "/graphql",
