@@ -14,6 +14,7 @@
 --   TDV09 query exceeded the time limit  TDV10 invalid limit
 --   TDV11 other objects depend on the view (use cascade)
 --   TDV12 query empty or too long        TDV13 user SQL must run as your own role
+--   TDV14 result columns need distinct names (runQuery)
 --   TDJ01 pg_cron is not available here  TDJ02 invalid schedule    TDJ03 no such job
 
 -- ---------------------------------------------------------------------------------------------
@@ -58,6 +59,13 @@ end $$;
 comment on function app_hidden.check_user_sql(text) is 'Raise TDV12 for an empty or oversized query (the full check is the parser in the server).';
 grant execute on function app_hidden.check_user_sql(text) to tdc_user;
 
+
+create or replace function app_hidden.strip_final_semicolon(query text) returns text
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+  select regexp_replace(query, ';[\s;]*$', '')
+$$;
+comment on function app_hidden.strip_final_semicolon(text) is 'The query without a final semicolon (so it can be embedded as a subquery).';
+grant execute on function app_hidden.strip_final_semicolon(text) to tdc_user;
 
 create or replace function app_hidden.timeout_message() returns text
 language sql stable set search_path = pg_catalog, pg_temp as $$
@@ -448,52 +456,43 @@ grant execute on function app_public.refresh_view(text) to tdc_user;
 
 create or replace function app_public.run_query(query text, "limit" integer default 1000,
   out columns jsonb, out rows jsonb, out truncated boolean)
-language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
 declare
   v_user app_public.users := app_hidden.require_user_role();
-  v_probe json;
-  v_aliases text;
-  v_types text[];
-  v_n int;
+  v_tag text := format('tdc_query_%s_%s', pg_backend_pid(), floor(random() * 1e9)::bigint);
 begin
   if "limit" is null or "limit" < 1 or "limit" > 10000 then
     raise exception 'limit must be between 1 and 10000' using errcode = 'TDV10';
   end if;
   perform app_hidden.check_user_sql(query);
-  -- READ ONLY for the rest of the transaction (it cannot be switched back).
-  perform set_config('transaction_read_only', 'on', true);
-  -- No identity hints in the transaction user SQL runs in (not even the user's own session id);
-  -- unqualified names resolve in the user's schema (until this function returns).
+  query := app_hidden.strip_final_semicolon(query);
   perform set_config('tdc.session_id', '', true);
   perform set_config('search_path', format('%I, public', v_user.handle), true);
+  -- Everything below happens in a subtransaction that is always rolled back: the helper view and
+  -- function, and whatever the query did besides reading (settings, notifications) are undone.
   begin
-    -- Column names and types without running the query: a LIMIT 0 probe outer-joined to one row.
-    -- (q0.* expands to the columns, all null: the row itself is not null, so to_json names them all.)
-    execute format(E'select to_json(t) from (select q0.* from (select 1) tdc_one left join (select * from (\n%s\n) q limit 0) q0 on true) t', query)
-      into v_probe;
-    select count(*), string_agg(format('c%s', o), ', ' order by o) into v_n, v_aliases
-      from json_each(v_probe) with ordinality e(k, v, o);
-    if v_n = 0 then
-      columns := '[]';
-      execute format(E'select coalesce(jsonb_agg(''[]''::jsonb), ''[]'') from (select * from (\n%s\n) q0 limit %s) q', query, "limit" + 1)
-        into rows;
-    else
-      execute format(E'select array[%s] from (select 1) tdc_one left join (select * from (\n%s\n) q0 limit 0) q(%s) on true',
-        (select string_agg(format('pg_typeof(q.c%s)::text', i), ', ' order by i) from generate_series(1, v_n) i), query, v_aliases)
-        into v_types;
-      select jsonb_agg(jsonb_build_object('name', e.k, 'type', v_types[e.o]) order by e.o)
-        into columns from json_each(v_probe) with ordinality e(k, v, o);
-      -- The rows, as arrays in column order (names may repeat; objects would lose them).
-      execute format(E'select coalesce(jsonb_agg((select jsonb_agg(e.value order by e.o) from json_each(to_json(q)) with ordinality e(k, value, o))), ''[]'') from (select * from (\n%s\n) q0 limit %s) q(%s)',
-        query, "limit" + 1, v_aliases)
-        into rows;
-    end if;
-    -- Whatever the query did besides reading (settings, notifications) is undone here.
+    -- A view (parse analysis only, nothing runs) gives the result's column names and types.
+    execute format(E'create view %I.%I as\n%s\n', v_user.handle, v_tag, query);
+    select coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod)) order by a.attnum), '[]')
+      into columns
+      from pg_attribute a where a.attrelid = format('%I.%I', v_user.handle, v_tag)::regclass and a.attnum > 0;
+    -- The query runs inside a SECURITY DEFINER function owned by the user's role: the user's
+    -- privileges exactly, and no SET ROLE / set_config('role') possible in anything it calls
+    -- (the server's login role could otherwise switch to any user).
+    execute format(E'create function %I.%I() returns setof jsonb language sql volatile security definer set search_path = %I, public as %L',
+      v_user.handle, v_tag, v_user.handle,
+      format('select coalesce((select jsonb_agg(e.value order by e.o) from json_each(to_json(q)) with ordinality e(k, value, o)), ''[]'') from %I.%I q limit %s',
+             v_user.handle, v_tag, "limit" + 1));
+    -- READ ONLY from here: nothing the query calls can write.
+    perform set_config('transaction_read_only', 'on', true);
+    execute format('select coalesce(jsonb_agg(r), ''[]'') from %I.%I() r', v_user.handle, v_tag) into rows;
     raise exception using errcode = 'TDV99';
   exception
     when sqlstate 'TDV99' then null;
     when query_canceled then
       raise exception '%', app_hidden.timeout_message() using errcode = 'TDV09';
+    when duplicate_column then
+      raise exception 'Result columns need distinct names: %', sqlerrm using errcode = 'TDV14';
   end;
   truncated := jsonb_array_length(rows) > "limit";
   if truncated then
@@ -501,7 +500,7 @@ begin
   end if;
 end $$;
 comment on function app_public.run_query(text, integer) is
-  'Run one read-only query (SELECT, VALUES, TABLE, or WITH of plain SELECTs) over your data: columns [{name, type}], rows as arrays in column order, and whether more than `limit` rows (default 1000, at most 10000) were left out. Runs as you, READ ONLY, with a statement timeout.';
+  E'@behavior +queryField -mutationField\nRun one read-only query (SELECT, VALUES, TABLE, or WITH of plain SELECTs) over your data: columns [{name, type}], rows as arrays in column order, and whether more than `limit` rows (default 1000, at most 10000) were left out. Runs as you, READ ONLY, with a statement timeout.';
 grant execute on function app_public.run_query(text, integer) to tdc_user;
 
 -- ---------------------------------------------------------------------------------------------
