@@ -375,7 +375,8 @@ begin
     if to_regclass('pg_temp.tdc_refresh_prev') is not null then
       drop table pg_temp.tdc_refresh_prev, pg_temp.tdc_refresh_added, pg_temp.tdc_refresh_removed;
     end if;
-    execute format('create temp table tdc_refresh_prev as select * from %s', v_rel);
+    execute format('create temp table tdc_refresh_prev as select * from %s %s', v_rel,
+      case when (select c.relispopulated from pg_class c where c.oid = v_oid) then '' else 'with no data' end);
     -- REFRESH runs the view's query as the view's owner (the user's role), security-restricted.
     execute format('refresh materialized view %s %s', case when v_concurrently then 'concurrently' else '' end, v_rel);
     begin
@@ -405,7 +406,10 @@ begin
   exception
     when query_canceled then
       v_status := 'failed';
-      v_error := format('Refresh cancelled: it ran longer than the time limit (statement_timeout %s)', current_setting('statement_timeout'));
+      v_error := case when current_setting('statement_timeout') <> '0'
+        then format('Refresh cancelled: it ran longer than the time limit (statement_timeout %s)', current_setting('statement_timeout'))
+        else format('Refresh cancelled: it ran longer than the time limit for scheduled refreshes (%s), or was cancelled by an administrator',
+                    app_private.setting('schedule_refresh_timeout')) end;
     when others then
       v_status := 'failed';
       v_error := sqlerrm;
