@@ -81,7 +81,7 @@ test.serial("scheduleRefresh: a pg_cron job of the owner role calling one functi
   t.falsy(r.errors, JSON.stringify(r.errors));
   const job = r.data.scheduleRefresh.job;
   t.like(job, { name: "hourly", schedule: "*/5 9-17 * * mon-fri", active: true, view: { name: "hourly" } });
-  const expected = CronExpressionParser.parse("*/5 9-17 * * mon-fri", { currentDate: new Date(), tz: "UTC" }).next().toISOString();
+  const expected = CronExpressionParser.parse("*/5 9-17 * * mon-fri", { currentDate: new Date(), tz: "UTC" }).next().toISOString()!;
   t.is(new Date(job.nextRunAt).toISOString(), expected);
   const viewId = (await db.admin.query("select id from app_public.views where name = 'hourly'")).rows[0].id;
   const cj = (await cronJobs()).find((j) => j.jobname === `tdc_view_${viewId}`);

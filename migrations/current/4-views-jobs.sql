@@ -1,4 +1,4 @@
---! Views (materialized views from user SQL), their refresh history, and refresh schedules
+-- Views (materialized views from user SQL), their refresh history, and refresh schedules
 -- (non-destructive and idempotent: this file is applied on every start until committed)
 
 insert into app_private.settings (key, value) values
