@@ -179,11 +179,13 @@ test.serial("maintenance prunes old runs and cron.job_run_details, and keeps at 
   await db.admin.query("update app_private.settings set value = '3' where key = 'job_runs_per_job'");
   try {
     const { rows: [m] } = await owner.query("select app_private.maintenance() as m");
-    t.true(m.m.runsPruned >= 7 && m.m.cronRunsPruned >= 7, JSON.stringify(m.m));
+    // (The every-minute tdc-maintenance job may have pruned some of them first: check the end state.)
+    t.deepEqual(Object.keys(m.m).sort(), ["cancelled", "cronRunsPruned", "runsPruned"]);
     const left = (await db.admin.query("select started_at > now() - interval '7 days' as recent from app_public.view_refreshes where view_id = $1", [v.id])).rows;
     t.true(left.length <= 3 && left.every((r) => r.recent));
     const cronLeft = (await db.admin.query("select count(*)::int as n, bool_and(end_time > now() - interval '7 days') as recent from cron.job_run_details where jobid = 999999")).rows[0];
-    t.true(cronLeft.n <= 3 && cronLeft.recent !== false);
+    t.true(cronLeft.n <= 3 && cronLeft.recent !== false, JSON.stringify(cronLeft));
+    t.is((await db.admin.query("select count(*)::int as n from cron.job_run_details where jobid = 999999 and end_time < now() - interval '7 days'")).rows[0].n, 0);
   } finally {
     await db.admin.query("update app_private.settings set value = '1000' where key = 'job_runs_per_job'");
   }
