@@ -264,10 +264,15 @@ begin
   end if;
   execute format('alter materialized view %I.%I rename to %I', v_user.handle, name, new_name);
   update app_public.jobs j set name = new_name where j.view_id = v_view.id;
+  -- Channels that listen to this view (or its job) by name follow the rename.
+  update app_public.channel_sources s set name = new_name
+    from app_public.channels c
+   where c.id = s.channel_id and c.user_id = v_user.id and s.kind in ('view', 'job') and s.name = rename_view.name
+     and not exists (select 1 from app_public.channel_sources d where d.channel_id = s.channel_id and d.kind = s.kind and d.name = new_name);
   update app_public.views v set name = new_name, updated_at = now() where v.id = v_view.id returning * into v_view;
   return v_view;
 end $$;
-comment on function app_public.rename_view(text, text) is E'@resultFieldName view\nRename a view (its schedule follows; channel sources naming the old name do not).';
+comment on function app_public.rename_view(text, text) is E'@resultFieldName view\nRename a view; its schedule and the channel sources that name it follow.';
 grant execute on function app_public.rename_view(text, text) to tdc_user;
 
 create or replace function app_private.forget_view(p_view app_public.views) returns void

@@ -206,6 +206,14 @@ test.serial(`at least 40 hostile definitions are refused with a clear code and c
   }
 });
 
+test.serial("the timeout also applies when the field comes through a fragment", async (t) => {
+  const q = "select 1 as a from pg_sleep(60)";
+  const spread = await gql(stack.url, `query($q:String!){...F} fragment F on Query {runQuery(query:$q){rows}}`, { q }, alice.token);
+  t.is(errCode(spread), "TDV09");
+  const inline = await gql(stack.url, `query($q:String!){... on Query {runQuery(query:$q){rows}}}`, { q }, alice.token);
+  t.is(errCode(inline), "TDV09");
+});
+
 test.serial("a syntax error names its position; a multi-statement error says why", async (t) => {
   const r = await gql(stack.url, CREATE, { n: "pos", q: "select 1,\n  from sales" }, alice.token);
   t.is(errCode(r), "TDV04");

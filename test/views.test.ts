@@ -188,9 +188,31 @@ test.serial("alterView replaces the query atomically, keeping the key; a failing
   t.is(errCode(await gql(stack.url, `mutation{alterView(input:{name:"nope", query:"select 1"}){view{id}}}`, {}, alice.token)), "TDV03");
 });
 
+test.serial("the refresh and its event commit together: if the event cannot be written, the refresh is undone too", async (t) => {
+  await db.admin.query(`create function public.tg_refuse() returns trigger language plpgsql as $$ begin raise exception 'event log unavailable'; end $$;
+    create trigger _100_refuse before insert on app_private.events for each row execute function public.tg_refuse()`);
+  try {
+    const runsBefore = (await db.admin.query("select count(*)::int as n from app_public.view_refreshes")).rows[0].n;
+    const contentsBefore = (await db.admin.query(`select md5(string_agg(r::text, ',' order by r.region)) as h from ${alice.handle}.by_region r`)).rows[0].h;
+    await asUser(alice, "update sales set amount = amount + 1000 where id = 7");
+    const r = await refreshView(alice, "by_region");
+    t.truthy(r.errors);
+    t.is((await db.admin.query("select count(*)::int as n from app_public.view_refreshes")).rows[0].n, runsBefore);
+    t.is((await db.admin.query(`select md5(string_agg(r::text, ',' order by r.region)) as h from ${alice.handle}.by_region r`)).rows[0].h, contentsBefore);
+  } finally {
+    await db.admin.query("drop trigger _100_refuse on app_private.events; drop function public.tg_refuse()");
+  }
+  const ok = await refreshView(alice, "by_region");
+  t.like(ok.data.refreshView.refresh, { status: "succeeded", added: "1", removed: "1" });
+});
+
 test.serial("renameView and dropView (dependent objects need cascade)", async (t) => {
+  await db.admin.query(`insert into app_public.channel_sources (channel_id, kind, name)
+    select id, 'view', 'ratios' from app_public.channels where user_id = $1`, [alice.id]);
   const r = await gql(stack.url, `mutation{renameView(input:{name:"ratios", newName:"ratios2"}){view{name}}}`, {}, alice.token);
   t.is(r.data.renameView.view.name, "ratios2");
+  t.deepEqual((await db.admin.query("select name from app_public.channel_sources where kind = 'view' and name like 'ratios%'")).rows, [{ name: "ratios2" }],
+    "the channel source naming the view follows the rename");
   t.truthy(await relation(alice, "ratios2"));
   t.is(await relation(alice, "ratios"), null);
   t.is(errCode(await gql(stack.url, `mutation{renameView(input:{name:"ratios2", newName:"sales"}){view{name}}}`, {}, alice.token)), "TDV02");

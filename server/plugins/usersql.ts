@@ -9,7 +9,7 @@
  */
 import { wrapPlans } from "postgraphile/utils";
 import { sideEffect } from "postgraphile/grafast";
-import { Kind, type DocumentNode } from "postgraphile/graphql";
+import { Kind, type DocumentNode, type SelectionSetNode } from "postgraphile/graphql";
 import { config } from "../config.ts";
 import { validateUserSql } from "../usersql.ts";
 
@@ -35,13 +35,21 @@ const UserSqlValidationPlugin = wrapPlans(
 const USER_SQL_FIELDS = new Set(["createView", "alterView", "runQuery", "refreshView"]);
 
 function runsUserSql(document: DocumentNode | undefined): boolean {
-  for (const def of document?.definitions ?? []) {
-    if (def.kind !== Kind.OPERATION_DEFINITION) continue;
-    for (const sel of def.selectionSet.selections) {
-      if (sel.kind === Kind.FIELD && USER_SQL_FIELDS.has(sel.name.value)) return true;
-    }
-  }
-  return false;
+  const defs = document?.definitions ?? [];
+  const fragments = new Map<string, SelectionSetNode>();
+  for (const d of defs) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments.set(d.name.value, d.selectionSet);
+  // Top-level fields, also through fragments (a spread must not dodge the timeout).
+  const seen = new Set<string>();
+  const visit = (set: SelectionSetNode): boolean => set.selections.some((sel) => {
+    if (sel.kind === Kind.FIELD) return USER_SQL_FIELDS.has(sel.name.value);
+    if (sel.kind === Kind.INLINE_FRAGMENT) return visit(sel.selectionSet);
+    const name = sel.name.value;
+    if (seen.has(name)) return false;
+    seen.add(name);
+    const f = fragments.get(name);
+    return f ? visit(f) : false;
+  });
+  return defs.some((d) => d.kind === Kind.OPERATION_DEFINITION && visit(d.selectionSet));
 }
 
 const UserSqlTimeoutPlugin: GraphileConfig.Plugin = {
