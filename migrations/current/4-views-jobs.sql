@@ -65,6 +65,9 @@ grant select on app_public.jobs to tdc_user;
 -- REFRESH ... CONCURRENTLY builds its diff in temporary tables created as the view's owner.
 do $$ begin
   execute format('grant temporary on database %I to tdc_user', current_database());
+exception when insufficient_privilege then
+  -- An existing database (DATABASE_URL) not owned by tdc_owner: its owner must grant it.
+  raise warning 'could not grant TEMPORARY on database % to tdc_user: refreshes with a uniqueKey (CONCURRENTLY) will fail until it is granted', current_database();
 end $$;
 comment on table app_public.jobs is 'A refresh schedule: a pg_cron job (minute granularity, GMT) that refreshes one of your views. Its runs are the view''s refreshes with trigger "schedule".';
 comment on column app_public.jobs.id is 'Job id.';
