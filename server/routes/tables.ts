@@ -253,10 +253,14 @@ export function installTables(app: Express, pool: pg.Pool) {
       importId = target.id;
 
       // The body: raw bytes counted (and capped), gunzipped when sent so, counted again
-      // (a small gzip must not expand past the cap either).
+      // (a small gzip must not expand past the cap either). Pushpin drops the request's
+      // Content-Encoding header, so a body starting with the gzip magic bytes is gzip too
+      // (no CSV starts with 0x1f 0x8b).
+      const first = await peek(req);
+      const gzip = cenc === "gzip" || (first !== null && first.length >= 2 && first[0] === 0x1f && first[1] === 0x8b);
       raw = new Meter(max);
       const stages: Transform[] = [raw];
-      if (cenc === "gzip") stages.push(createGunzip({ chunkSize: 1 << 16 }), new Meter(max));
+      if (gzip) stages.push(createGunzip({ chunkSize: 1 << 16 }), new Meter(max));
       const body = stages.length === 1 ? raw : (stages.reduce((a, b) => (a.pipe(b), b)) as Transform);
       for (const s of stages) s.on("error", (e) => { for (const t of stages) if (t !== s) t.destroy(e); });
       req.on("aborted", () => raw!.destroy(new ImportError(400, "TDI14", "The upload was aborted")));
@@ -309,6 +313,22 @@ export function installTables(app: Express, pool: pg.Pool) {
     } catch (err: any) {
       sendError(res, err instanceof ImportError ? err : fromPgError(err));
     }
+  });
+}
+
+/** The first chunk of the body, put back for whoever reads next (null: the body is empty). */
+function peek(req: Request): Promise<Buffer | null> {
+  return new Promise((resolve, reject) => {
+    const done = (v: Buffer | null, e?: Error) => {
+      req.off("readable", onReadable); req.off("end", onEnd); req.off("error", onError);
+      if (e) return reject(e);
+      if (v) req.unshift(v);
+      resolve(v);
+    };
+    const onReadable = () => { const c = req.read() as Buffer | null; if (c) done(c); };
+    const onEnd = () => done(null);
+    const onError = (e: Error) => done(null, e);
+    req.on("readable", onReadable); req.on("end", onEnd); req.on("error", onError);
   });
 }
 
