@@ -228,7 +228,7 @@ begin
   exception
     when duplicate_table then
       raise exception 'A table or view named "%" already exists', name using errcode = 'TDT03';
-    when invalid_column_definition or datatype_mismatch or invalid_text_representation or data_exception
+    when duplicate_column or invalid_column_definition or datatype_mismatch or invalid_text_representation or data_exception
          or feature_not_supported or invalid_table_definition or syntax_error or undefined_function then
       raise exception 'Invalid column definition: %', sqlerrm using errcode = 'TDT05';
   end;
