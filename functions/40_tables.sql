@@ -250,6 +250,7 @@ declare
   v_col text;
   c app_public.column_spec;
   rn app_public.column_rename;
+  v_detail text;
 begin
   if v_relid is null then
     raise exception 'No table named "%"', left(name, 80) using errcode = 'TDT04';
@@ -276,8 +277,9 @@ begin
     end loop;
   exception
     when dependent_objects_still_exist then
-      raise exception 'Views depend on that column: %', coalesce(nullif(regexp_replace(sqlerrm, '^[^:]*: ?', ''), ''), sqlerrm)
-        using errcode = 'TDT06';
+      get stacked diagnostics v_detail = pg_exception_detail;
+      raise exception '% (%)', sqlerrm, replace(v_detail, E'\n', '; ')
+        using errcode = 'TDT06', detail = v_detail, hint = 'Drop or change those views first.';
     when duplicate_column then
       raise exception 'Invalid change: %', sqlerrm using errcode = 'TDT05';
     when invalid_column_definition or datatype_mismatch or invalid_text_representation or data_exception
