@@ -147,7 +147,7 @@ try {
   const bytes = statSync(file).size;
   console.log(`file: ${(bytes / 1e6).toFixed(1)} MB`);
 
-  const copyMs: number[] = [], httpMs: number[] = [], createMs: number[] = [], httpRss: number[] = [], createRss: number[] = [];
+  const copyMs: number[] = [], httpMs: number[] = [], directMs: number[] = [], createMs: number[] = [], httpRss: number[] = [], createRss: number[] = [];
   // Warm-up (page cache, catalog caches, JIT of the server's code paths).
   { const t = await freeTable(); psqlCopy(user.handle, t, file); await drop(t); const h = await freeTable(); await post(ppPort, `/tables/${h}/import`, file, token); await drop(h); }
   async function freeTable() { return freshTable(); }
@@ -162,6 +162,13 @@ try {
     if (h.result.status !== 200 || h.result.body.rows !== ROWS) throw new Error(`import failed: ${JSON.stringify(h.result.body)}`);
     httpRss.push(h.peakMb - h.baseMb);
     await drop(b);
+    // The same POST straight to the origin (no Pushpin), to tell our cost from the proxy's.
+    const d = await freshTable();
+    const t2 = performance.now();
+    const dr = await post(serverPort, `/tables/${d}/import`, file, token);
+    directMs.push(performance.now() - t2);
+    if (dr.status !== 200) throw new Error(`direct import failed: ${JSON.stringify(dr.body)}`);
+    await drop(d);
     const c = `c${rep}`;
     const t1 = performance.now();
     const cr = await withRss(server.pid!, () => post(ppPort, `/tables/${c}/import?create=true`, file, token));
@@ -169,7 +176,7 @@ try {
     if (cr.result.status !== 200 || cr.result.body.rows !== ROWS) throw new Error(`create import failed: ${JSON.stringify(cr.result.body)}`);
     createRss.push(cr.peakMb - cr.baseMb);
     await drop(c);
-    console.log(`rep ${rep + 1}: \\copy ${r1(copyMs.at(-1)!)} ms, POST ${r1(httpMs.at(-1)!)} ms (RSS +${r1(httpRss.at(-1)!)} MB), create ${r1(createMs.at(-1)!)} ms (RSS +${r1(createRss.at(-1)!)} MB)`);
+    console.log(`rep ${rep + 1}: \\copy ${r1(copyMs.at(-1)!)} ms, POST ${r1(httpMs.at(-1)!)} ms (RSS +${r1(httpRss.at(-1)!)} MB), direct ${r1(directMs.at(-1)!)} ms, create ${r1(createMs.at(-1)!)} ms (RSS +${r1(createRss.at(-1)!)} MB)`);
   }
   rmSync(file);
 
@@ -198,7 +205,7 @@ try {
   }
 
   const mb = bytes / 1e6;
-  const c = median(copyMs), h = median(httpMs), cr = median(createMs);
+  const c = median(copyMs), h = median(httpMs), cr = median(createMs), dm = median(directMs);
   const result = {
     when: new Date().toISOString(),
     machine: { cpus: (await import("node:os")).cpus().length, node: process.version },
@@ -207,6 +214,7 @@ try {
     copy: { median_ms: r1(c), runs_ms: copyMs.map(r1), rows_per_s: Math.round(ROWS / (c / 1000)), mb_per_s: r1(mb / (c / 1000)) },
     http_import: { median_ms: r1(h), runs_ms: httpMs.map(r1), rows_per_s: Math.round(ROWS / (h / 1000)), mb_per_s: r1(mb / (h / 1000)),
       ratio_vs_copy: r3(h / c), target: 1.25, rss_growth_mb_max: r1(Math.max(...httpRss)) },
+    direct_import_no_pushpin: { median_ms: r1(dm), runs_ms: directMs.map(r1), ratio_vs_copy: r3(dm / c) },
     create_import: { median_ms: r1(cr), runs_ms: createMs.map(r1), rows_per_s: Math.round(ROWS / (cr / 1000)), mb_per_s: r1(mb / (cr / 1000)),
       ratio_vs_copy: r3(cr / c), target: 2.5, rss_growth_mb_max: r1(Math.max(...createRss)) },
     big_file: big,
@@ -228,11 +236,12 @@ try {
     "|---|---|---|---|---|---|---|",
     `| psql \\copy (baseline) | ${r1(c)} ms | ${result.copy.rows_per_s.toLocaleString("en")} | ${result.copy.mb_per_s} | 1.00× | | |`,
     `| POST /tables/:name/import via Pushpin | ${r1(h)} ms | ${result.http_import.rows_per_s.toLocaleString("en")} | ${result.http_import.mb_per_s} | ${result.http_import.ratio_vs_copy.toFixed(2)}× | ≤ 1.25× ${pass.http ? "✅" : "❌"} | ${result.http_import.rss_growth_mb_max} MB |`,
+    `| (for attribution) the same POST straight to the server, no Pushpin | ${r1(dm)} ms | ${Math.round(ROWS / (dm / 1000)).toLocaleString("en")} | ${r1(mb / (dm / 1000))} | ${(dm / c).toFixed(2)}× | | |`,
     `| POST …?create=true via Pushpin | ${r1(cr)} ms | ${result.create_import.rows_per_s.toLocaleString("en")} | ${result.create_import.mb_per_s} | ${result.create_import.ratio_vs_copy.toFixed(2)}× | ≤ 2.5× ${pass.create ? "✅" : "❌"} | ${result.create_import.rss_growth_mb_max} MB |`,
     "",
     big ? `Large file: ${big.rows.toLocaleString("en")} rows / ${big.mb} MB: \\copy ${big.copy_ms} ms, POST ${big.http_ms} ms (${big.ratio.toFixed(2)}×); server RSS growth ${big.rss_growth_mb} MB (base ${big.rss_base_mb} MB) vs ${result.http_import.rss_growth_mb_max} MB for the ${r1(mb)} MB file — target < 64 MB and flat ${pass.rss ? "✅" : "❌"}.` : "Large file: skipped (BENCH_BIG_ROWS=0).",
     "",
-    `Runs (ms): \\copy ${copyMs.map(r1).join(", ")}; POST ${httpMs.map(r1).join(", ")}; create ${createMs.map(r1).join(", ")}.`,
+    `Runs (ms): \\copy ${copyMs.map(r1).join(", ")}; POST ${httpMs.map(r1).join(", ")}; direct ${directMs.map(r1).join(", ")}; create ${createMs.map(r1).join(", ")}.`,
     "",
   ].join("\n");
   writeFileSync(join(ROOT, "bench/results/import.md"), md);

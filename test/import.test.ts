@@ -327,3 +327,23 @@ test.serial("export streams CSV with a header, for tables and views, through Pus
   t.is(f.status, 400);
   t.is((await f.json()).error.code, "TDI14");
 });
+
+test.serial("a client that aborts mid-upload leaves the table unchanged and the import recorded as failed", async (t) => {
+  const before = await snapshot(alice.handle, "people");
+  const ac = new AbortController();
+  const enc = new TextEncoder();
+  const body = new ReadableStream({ start(c) { c.enqueue(enc.encode(HEAD + "60,Partial,,,\n")); } }); // never closes
+  const pending = fetch(`http://127.0.0.1:${stack.server.port}/tables/people/import`, {
+    method: "POST", body, duplex: "half", signal: ac.signal,
+    headers: { "content-type": "text/csv", authorization: `Bearer ${alice.token}` },
+  } as RequestInit).catch((e) => e);
+  await eventually(async () => (await db.admin.query("select 1 from pg_stat_activity where query ilike 'copy %people%from stdin%' and state = 'active'")).rowCount);
+  ac.abort();
+  t.true((await pending) instanceof Error);
+  const rec = await eventually(async () => {
+    const { rows } = await db.admin.query("select status, error from app_public.imports where user_id = $1 order by id desc limit 1", [alice.id]);
+    return rows[0]?.status === "failed" ? rows[0] : null;
+  });
+  t.is(rec.error.code, "TDI14");
+  t.deepEqual(await snapshot(alice.handle, "people"), before);
+});

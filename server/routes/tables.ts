@@ -263,7 +263,7 @@ export function installTables(app: Express, pool: pg.Pool) {
       if (gzip) stages.push(createGunzip({ chunkSize: 1 << 16 }), new Meter(max));
       const body = stages.length === 1 ? raw : (stages.reduce((a, b) => (a.pipe(b), b)) as Transform);
       for (const s of stages) s.on("error", (e) => { for (const t of stages) if (t !== s) t.destroy(e); });
-      req.on("aborted", () => raw!.destroy(new ImportError(400, "TDI14", "The upload was aborted")));
+      req.on("close", () => { if (!req.complete) raw!.destroy(new ImportError(400, "TDI14", "The upload was aborted")); });
       req.pipe(raw);
 
       let rows = 0;
