@@ -438,7 +438,7 @@ comment on function app_public.rows(text, integer, integer, text[], jsonb, boole
   E'Rows of one of your tables or views as JSON {totalCount, columns, rows}. first: at most 1000 (default 100); orderBy: column names, "-name" for descending; where: {"column": value, ...} equality filter (null matches nulls).';
 grant execute on function app_public.rows(text, integer, integer, text[], jsonb, boolean) to tdc_user;
 
---! Imports
+-- Imports
 
 -- Where an import goes: validates options and the target, answers the COPY column list.
 create or replace function app_hidden.import_target(p_table text, p_create boolean, p_encoding text)

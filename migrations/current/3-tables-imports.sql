@@ -1,4 +1,4 @@
---! Tables and imports: metadata of users' tables, the import log, and the API's composite types
+-- Tables and imports: metadata of users' tables, the import log, and the API's composite types
 -- (non-destructive and idempotent: this file is applied on every start until committed)
 
 -- Composite types of the tables API. `create type` has no `if not exists`: create once, and
