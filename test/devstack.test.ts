@@ -8,7 +8,7 @@
 import test from "ava";
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { mkdtempSync, existsSync } from "node:fs";
+import { mkdtempSync, existsSync, copyFileSync } from "node:fs";
 import { ROOT } from "../server/config.ts";
 import { freePort, freePortRange, gql } from "./helpers/stack.ts";
 import { eventually } from "./helpers/wait.ts";
@@ -105,6 +105,9 @@ test.serial("npm start: up, refuses a second start, reports dead parts, stops cl
 test.serial("DATABASE_URL: uses that database instead of the embedded cluster, and says clearly that pg_cron is missing there", async (t) => {
   const ext = { ...env, DATABASE_URL: process.env.TDC_TEST_ADMIN_URL!, TDC_DB_NAME: `tdc_ext_${Date.now() % 100000}`,
     TDC_DATA_DIR: mkdtempSync(join(process.env.TDC_TEST_DATA_DIR!, "ext-")) };
+  // The bootstrap (re)sets the runtime roles' passwords from <data>/secrets.json, and roles are
+  // cluster-wide: use the test cluster's secrets, or every other test file loses its logins.
+  copyFileSync(process.env.TDC_TEST_SECRETS!, join(ext.TDC_DATA_DIR, "secrets.json"));
   const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "server/devstack/start.ts")], { env: ext, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
