@@ -430,7 +430,8 @@ begin
       execute format('select count(*) from %I.%I%s', u.handle, relation, v_filter) into v_total using "where";
     end if;
   exception when data_exception then
-    raise exception 'where: %', sqlerrm using errcode = 'TDT08';
+    -- Mostly a where value that is not valid for its column (e.g. "x" for an integer).
+    raise exception 'Could not read rows: %', sqlerrm using errcode = 'TDT08';
   end;
   return json_build_object('totalCount', v_total, 'columns', coalesce(v_cols, '[]'), 'rows', coalesce(v_rows, '[]'));
 end $$;
