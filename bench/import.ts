@@ -14,9 +14,10 @@
  * Options (env): BENCH_ROWS (default 1e6), BENCH_BIG_ROWS (default 1e7, 0 to skip), BENCH_REPS (default 3).
  */
 import { spawnSync } from "node:child_process";
-import { createReadStream, createWriteStream, readFileSync, statSync, writeFileSync, mkdirSync, rmSync } from "node:fs";
+import { createReadStream, createWriteStream, readFileSync, readdirSync, statSync, writeFileSync, mkdirSync, rmSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
+import { loadavg } from "node:os";
 import { once } from "node:events";
 import { ROOT } from "../server/config.ts";
 import { withDatabase } from "../server/devstack/database.ts";
@@ -108,6 +109,22 @@ function psqlCopy(schema: string, table: string, file: string): number {
   return ms;
 }
 
+/** CPU time (user+system, ms) a process and its direct children have used so far. */
+function cpuMs(pid: number): number {
+  const one = (p: number) => {
+    try {
+      const f = readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1].split(" ");
+      return (Number(f[11]) + Number(f[12])) * 10; // utime, stime in 1/100 s
+    } catch { return 0; }
+  };
+  let total = one(pid);
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try { if (readFileSync(`/proc/${d}/stat`, "utf8").split(") ")[1].split(" ")[1] === String(pid)) total += one(Number(d)); } catch { /* gone */ }
+  }
+  return total;
+}
+
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
 const r1 = (x: number) => Math.round(x * 10) / 10;
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
@@ -148,6 +165,8 @@ try {
   console.log(`file: ${(bytes / 1e6).toFixed(1)} MB`);
 
   const copyMs: number[] = [], httpMs: number[] = [], directMs: number[] = [], createMs: number[] = [], httpRss: number[] = [], createRss: number[] = [];
+  const serverCpu: number[] = [], pushpinCpu: number[] = [];
+  const loadBefore = loadavg();
   // Warm-up (page cache, catalog caches, JIT of the server's code paths).
   { const t = await freeTable(); psqlCopy(user.handle, t, file); await drop(t); const h = await freeTable(); await post(ppPort, `/tables/${h}/import`, file, token); await drop(h); }
   async function freeTable() { return freshTable(); }
@@ -156,9 +175,12 @@ try {
     copyMs.push(psqlCopy(user.handle, a, file));
     await drop(a);
     const b = await freshTable();
+    const [sc, pc] = [cpuMs(server.pid!), cpuMs(pushpin.child.pid!)];
     const t0 = performance.now();
     const h = await withRss(server.pid!, () => post(ppPort, `/tables/${b}/import`, file, token));
     httpMs.push(performance.now() - t0);
+    serverCpu.push(cpuMs(server.pid!) - sc);
+    pushpinCpu.push(cpuMs(pushpin.child.pid!) - pc);
     if (h.result.status !== 200 || h.result.body.rows !== ROWS) throw new Error(`import failed: ${JSON.stringify(h.result.body)}`);
     httpRss.push(h.peakMb - h.baseMb);
     await drop(b);
@@ -208,12 +230,14 @@ try {
   const c = median(copyMs), h = median(httpMs), cr = median(createMs), dm = median(directMs);
   const result = {
     when: new Date().toISOString(),
-    machine: { cpus: (await import("node:os")).cpus().length, node: process.version },
+    machine: { cpus: (await import("node:os")).cpus().length, node: process.version,
+      loadavg_1m_before: r1(loadBefore[0]), loadavg_1m_after_reps: r1(loadavg()[0]) },
     file: { rows: ROWS, mb: r1(mb), columns: COLUMNS },
     reps: REPS,
     copy: { median_ms: r1(c), runs_ms: copyMs.map(r1), rows_per_s: Math.round(ROWS / (c / 1000)), mb_per_s: r1(mb / (c / 1000)) },
     http_import: { median_ms: r1(h), runs_ms: httpMs.map(r1), rows_per_s: Math.round(ROWS / (h / 1000)), mb_per_s: r1(mb / (h / 1000)),
-      ratio_vs_copy: r3(h / c), target: 1.25, rss_growth_mb_max: r1(Math.max(...httpRss)) },
+      ratio_vs_copy: r3(h / c), target: 1.25, rss_growth_mb_max: r1(Math.max(...httpRss)),
+      cpu_ms_median: { server: median(serverCpu), pushpin: median(pushpinCpu) } },
     direct_import_no_pushpin: { median_ms: r1(dm), runs_ms: directMs.map(r1), ratio_vs_copy: r3(dm / c) },
     create_import: { median_ms: r1(cr), runs_ms: createMs.map(r1), rows_per_s: Math.round(ROWS / (cr / 1000)), mb_per_s: r1(mb / (cr / 1000)),
       ratio_vs_copy: r3(cr / c), target: 2.5, rss_growth_mb_max: r1(Math.max(...createRss)) },
@@ -229,7 +253,7 @@ try {
   const md = [
     "# Import benchmark",
     "",
-    `Run ${result.when} with \`npm run bench:import\` (${result.machine.cpus} CPUs shared, Node ${result.machine.node}).`,
+    `Run ${result.when} with \`npm run bench:import\` (${result.machine.cpus} CPUs shared with other work: 1-minute load average ${result.machine.loadavg_1m_before} before, ${result.machine.loadavg_1m_after_reps} after the runs; Node ${result.machine.node}).`,
     `File: ${ROWS.toLocaleString("en")} rows, ${r1(mb)} MB, 5 typed columns (bigint, text, numeric(12,2), timestamptz, boolean), into fresh identical tables; median of ${REPS} alternating runs after a warm-up.`,
     "",
     "| path | median | rows/s | MB/s | vs \\copy | target | server RSS growth (max) |",
@@ -240,6 +264,8 @@ try {
     `| POST …?create=true via Pushpin | ${r1(cr)} ms | ${result.create_import.rows_per_s.toLocaleString("en")} | ${result.create_import.mb_per_s} | ${result.create_import.ratio_vs_copy.toFixed(2)}× | ≤ 2.5× ${pass.create ? "✅" : "❌"} | ${result.create_import.rss_growth_mb_max} MB |`,
     "",
     big ? `Large file: ${big.rows.toLocaleString("en")} rows / ${big.mb} MB: \\copy ${big.copy_ms} ms, POST ${big.http_ms} ms (${big.ratio.toFixed(2)}×); server RSS growth ${big.rss_growth_mb} MB (base ${big.rss_base_mb} MB) vs ${result.http_import.rss_growth_mb_max} MB for the ${r1(mb)} MB file — target < 64 MB and flat ${pass.rss ? "✅" : "❌"}.` : "Large file: skipped (BENCH_BIG_ROWS=0).",
+    "",
+    `CPU per POST via Pushpin (median): server ${median(serverCpu)} ms, Pushpin (condure, proxy, zurl, handler) ${median(pushpinCpu)} ms — on 2 cores shared with Postgres's COPY backend, which is why the Pushpin path loses ground when the machine is busy.`,
     "",
     `Runs (ms): \\copy ${copyMs.map(r1).join(", ")}; POST ${httpMs.map(r1).join(", ")}; direct ${directMs.map(r1).join(", ")}; create ${createMs.map(r1).join(", ")}.`,
     "",
