@@ -12,6 +12,7 @@ import { installHealth } from "./health.ts";
 import { authenticate } from "./auth.ts";
 import { installPostgraphile } from "./postgraphile.ts";
 import { installErrorHandler } from "./errors.ts";
+import { installTables } from "./routes/tables.ts";
 
 export interface ServerOptions {
   port?: number;
@@ -33,6 +34,7 @@ export async function startServer(opts: ServerOptions = {}) {
   installHealth(app, pool, publishUrls);
   app.use(["/graphql"], authenticate(pool));
   await installPostgraphile(app, server, pool);
+  installTables(app, pool);
   installErrorHandler(app);
 
   await new Promise<void>((res) => server.listen(opts.port ?? config.serverPort, opts.host ?? config.serverHost, res));

@@ -38,6 +38,7 @@ export async function createTestDb(opts: { name?: string; cron?: boolean } = {})
   await root.end();
   const adminUrl = withDatabase(adminBase, name);
   const admin = new pg.Pool({ connectionString: adminUrl, max: 3 });
+  admin.on("error", () => {}); // idle clients die when a test restarts or drops things; queries still fail loudly
   // Role names are cluster-wide: give this database's users a prefix of their own.
   await admin.query("update app_private.settings set value = $1 where key = 'role_prefix'", [`t${tag}_`]);
   if (opts.cron) {
