@@ -13,6 +13,7 @@ import { authenticate } from "./auth.ts";
 import { installPostgraphile } from "./postgraphile.ts";
 import { installErrorHandler } from "./errors.ts";
 import { installTables } from "./routes/tables.ts";
+import { installExamples } from "./examples.ts";
 
 export interface ServerOptions {
   port?: number;
@@ -35,6 +36,7 @@ export async function startServer(opts: ServerOptions = {}) {
   app.use(["/graphql"], authenticate(pool));
   await installPostgraphile(app, server, pool);
   installTables(app, pool);
+  installExamples(app);
   installErrorHandler(app);
 
   await new Promise<void>((res) => server.listen(opts.port ?? config.serverPort, opts.host ?? config.serverHost, res));
