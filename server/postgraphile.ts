@@ -69,8 +69,8 @@ const TdcNamingPlugin: GraphileConfig.Plugin = {
 
 /**
  * Limits on what one GraphQL document may ask for: selection depth, nested
- * lists, self-referencing cycles (the body size is capped by maxRequestLength,
- * and every statement by the authenticator's statement_timeout).
+ * lists, self-referencing cycles. The body size is capped by maxRequestLength;
+ * operations that run user SQL get a statement_timeout (server/plugins/usersql.ts).
  */
 const TdcLimitsPlugin: GraphileConfig.Plugin = {
   name: "TdcLimitsPlugin",
