@@ -3,6 +3,8 @@
 --   app_public  exposed through GraphQL (PostGraphile introspects only this one)
 --   app_hidden  same grants as app_public, not exposed (helpers the API uses)
 --   app_private only reachable through security definer functions
+-- pgcrypto (trusted: the database owner may create it) hashes passwords and signs tokens.
+create extension if not exists pgcrypto with schema public;
 create schema if not exists app_public;
 create schema if not exists app_hidden;
 create schema if not exists app_private;
