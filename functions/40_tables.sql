@@ -14,6 +14,8 @@
 --   TDT07 no such column                               TDT08 invalid rows() argument
 --   TDI02 import had no data rows                      TDI04 no such table to import into / export
 --   TDI05 invalid import option                        TDI12 table exists (create=true)
+--   TDI15 import refused: a deferrable constraint trigger could run your code at commit
+--   TDT99 internal: rolls back the throwaway definer function (never reaches a client)
 --   (HTTP-only import codes TDI01..TDI14 are listed in docs/import.md and server/routes/tables.ts.)
 
 create or replace function app_hidden.check_identifier(p_name text, p_what text default 'name') returns text
@@ -106,6 +108,73 @@ end $$;
 comment on function app_hidden.column_sql(app_public.column_spec) is 'Column definition SQL for a column_spec: quoted name, whitelisted type, literal or known default.';
 grant execute on function app_hidden.column_sql(app_public.column_spec) to tdc_user;
 
+-- ---------------------------------------------------------------------------------------------
+-- The user-code boundary. The server logs in as tdc_authenticator, a member of every user role,
+-- and Postgres checks SET ROLE / set_config('role') against that SESSION user: any code a user
+-- wrote (functions behind views, triggers, RLS policies, defaults, check constraints, index
+-- expressions, domain checks, rules) that runs in the server's session could switch to another
+-- user's role. Postgres refuses role changes inside a SECURITY DEFINER function, so every read or
+-- write of a user relation that may run user code goes through a throwaway definer function
+-- OWNED BY THE USER (created as the user, so it has exactly their rights; uncommitted, so no other
+-- session can see or alter it) that is dropped or rolled back afterwards. Owner-owned definer
+-- functions never touch user relations at all (user code there would run as tdc_owner).
+
+create or replace function app_hidden.create_user_definer(p_args text, p_returns text, p_language text, p_body text) returns text
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  u app_public.users := app_hidden.require_user_role();
+  v_fn text := format('%I.%I', u.handle, format('tdc_fn_%s_%s', pg_backend_pid(), floor(random() * 1e12)::bigint));
+begin
+  if p_language not in ('sql', 'plpgsql') then
+    raise exception 'language must be sql or plpgsql' using errcode = 'TDT05';
+  end if;
+  -- Created by the user's role (require_user_role asserts current_user is it): owned by the user.
+  execute format('create function %s(%s) returns %s language %s volatile security definer set search_path = pg_catalog, pg_temp as %L',
+                 v_fn, p_args, p_returns, p_language, p_body);
+  return v_fn;
+end $$;
+comment on function app_hidden.create_user_definer(text, text, text, text) is
+  'Create a throwaway SECURITY DEFINER function in the caller''s schema, owned by the caller''s role (so role changes are refused in anything it runs); returns its qualified name. The caller must roll it back or drop it in the same transaction.';
+grant execute on function app_hidden.create_user_definer(text, text, text, text) to tdc_user;
+
+-- One value from a read over the caller's relations, computed inside a throwaway user-owned definer
+-- function, READ ONLY, in a subtransaction that is always rolled back (the function, and anything the
+-- user's code did besides reading, settings included, are undone). $1 in the query is p_arg.
+create or replace function app_hidden.read_as_user(p_query text, p_arg jsonb default null) returns json
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  v_fn text;
+  v_result json;
+begin
+  begin
+    v_fn := app_hidden.create_user_definer('jsonb', 'json', 'sql', p_query);
+    perform set_config('transaction_read_only', 'on', true);
+    execute format('select %s($1)', v_fn) into v_result using p_arg;
+    raise exception using errcode = 'TDT99';
+  exception when sqlstate 'TDT99' then null;
+  end;
+  return v_result;
+end $$;
+comment on function app_hidden.read_as_user(text, jsonb) is
+  'Run a one-value read query ($1 = p_arg) as the caller inside a throwaway definer function of theirs, read only, rolled back: user code it reaches cannot change role.';
+grant execute on function app_hidden.read_as_user(text, jsonb) to tdc_user;
+
+create or replace function app_hidden.exact_count(p_relid oid) returns bigint
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  v_nsp text;
+  v_rel text;
+begin
+  select n.nspname, c.relname into v_nsp, v_rel from pg_class c join pg_namespace n on n.oid = c.relnamespace
+   where c.oid = p_relid and n.nspname = (app_hidden.require_user()).handle;
+  if v_rel is null then
+    raise exception 'No such table' using errcode = 'TDT04';
+  end if;
+  return (app_hidden.read_as_user(format('select to_json(count(*)) from %I.%I', v_nsp, v_rel)))::text::bigint;
+end $$;
+comment on function app_hidden.exact_count(oid) is 'Exact row count of one of the caller''s relations, counted as the caller inside a throwaway definer function (read_as_user).';
+grant execute on function app_hidden.exact_count(oid) to tdc_user;
+
 -- A relation of the caller, by exact name, in their own schema (null when there is none:
 -- another user's table is indistinguishable from a missing one).
 create or replace function app_hidden.user_relation(p_name text, p_kinds "char"[]) returns oid
@@ -165,22 +234,32 @@ begin
     left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
     left join pg_index i on i.indrelid = a.attrelid and i.indisprimary
    where a.attrelid = p_relid and a.attnum > 0 and not a.attisdropped;
-  if p_exact then
-    execute format('select count(*) from %I.%I', v_nsp, r.name) into r.exact_rows;
-  end if;
+  -- p_exact is ignored: this owner-owned definer function never reads a user relation (user code
+  -- reached by it would run as tdc_owner). app_public.tables fills exact_rows with exact_count.
   return r;
 end $$;
-comment on function app_hidden.describe_table(oid, boolean) is 'Description of one of the caller''s tables (columns, counts, size, timestamps).';
+comment on function app_hidden.describe_table(oid, boolean) is 'Description of one of the caller''s tables (columns, approximate count, size, timestamps), from the catalogs only; exact_rows stays null (p_exact is ignored: see app_hidden.exact_count).';
 revoke all on function app_hidden.describe_table(oid, boolean) from public;
 grant execute on function app_hidden.describe_table(oid, boolean) to tdc_user;
 
 create or replace function app_public.tables(exact_counts boolean default false) returns setof app_public.table_info
-language sql stable set search_path = pg_catalog, pg_temp as $$
-  select app_hidden.describe_table(c.oid, coalesce(exact_counts, false))
-    from pg_class c join pg_namespace n on n.oid = c.relnamespace
-   where n.nspname = (app_hidden.require_user()).handle and c.relkind in ('r', 'p')
-   order by c.relname
-$$;
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_oid oid;
+  r app_public.table_info;
+begin
+  for v_oid in
+    select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = (app_hidden.require_user()).handle and c.relkind in ('r', 'p')
+     order by c.relname
+  loop
+    r := app_hidden.describe_table(v_oid);
+    if coalesce(exact_counts, false) then
+      r.exact_rows := app_hidden.exact_count(v_oid);
+    end if;
+    return next r;
+  end loop;
+end $$;
 comment on function app_public.tables(boolean) is
   E'Your tables (also those you made in psql) with their columns, approximate row counts, size and timestamps. Pass exactCounts: true for exact row counts (a full count of every table: slower).';
 grant execute on function app_public.tables(boolean) to tdc_user;
@@ -356,7 +435,7 @@ comment on function app_public.drop_table(text, boolean) is
   E'@resultFieldName dropped\nDrop a table of yours. Refused (TDT06, naming them) when views use it, unless cascade: true, which drops those views too.';
 grant execute on function app_public.drop_table(text, boolean) to tdc_user;
 
--- Read rows of a table or view of yours, as JSON. Runs with your privileges.
+-- Read rows of a table or view of yours, as JSON. Runs with your privileges, in a throwaway definer function of yours.
 create or replace function app_public.rows(relation text, first integer default 100, "offset" integer default 0,
   order_by text[] default null, "where" jsonb default null, with_total_count boolean default true)
 returns json
@@ -376,6 +455,7 @@ declare
   v_filter text;
   v_total bigint;
   v_rows json;
+  v_res json;
 begin
   if v_relid is null then
     raise exception 'No table or view named "%"', left(relation, 80) using errcode = 'TDT04';
@@ -420,19 +500,22 @@ begin
   end if;
   v_filter := case when cardinality(v_where) > 0 then ' where ' || array_to_string(v_where, ' and ') else '' end;
 
+  -- The read runs inside a throwaway definer function of the caller (functions behind a view, RLS
+  -- policies: the user's code cannot change role there).
   begin
-    execute format('select json_agg(s) from (select * from %I.%I%s%s limit %s offset %s) s',
-                   u.handle, relation, v_filter,
-                   case when cardinality(v_order) > 0 then ' order by ' || array_to_string(v_order, ', ') else '' end,
-                   first, "offset")
-      into v_rows using "where";
-    if coalesce(with_total_count, true) then
-      execute format('select count(*) from %I.%I%s', u.handle, relation, v_filter) into v_total using "where";
-    end if;
+    v_res := app_hidden.read_as_user(
+      format('select json_build_object(''rows'', (select coalesce(json_agg(s), ''[]'') from (select * from %I.%I%s%s limit %s offset %s) s), ''total'', %s)',
+             u.handle, relation, v_filter,
+             case when cardinality(v_order) > 0 then ' order by ' || array_to_string(v_order, ', ') else '' end,
+             first, "offset",
+             case when coalesce(with_total_count, true) then format('(select count(*) from %I.%I%s)', u.handle, relation, v_filter) else 'null' end),
+      "where");
   exception when data_exception then
     -- Mostly a where value that is not valid for its column (e.g. "x" for an integer).
     raise exception 'Could not read rows: %', sqlerrm using errcode = 'TDT08';
   end;
+  v_rows := v_res -> 'rows';
+  v_total := (v_res ->> 'total')::bigint;
   return json_build_object('totalCount', v_total, 'columns', coalesce(v_cols, '[]'), 'rows', coalesce(v_rows, '[]'));
 end $$;
 comment on function app_public.rows(text, integer, integer, text[], jsonb, boolean) is
@@ -557,3 +640,168 @@ end $$;
 comment on function app_hidden.import_failed(bigint, jsonb, bigint, integer) is 'Mark an import of the caller failed (nothing of it was kept) and emit import.failed.';
 revoke all on function app_hidden.import_failed(bigint, jsonb, bigint, integer) from public;
 grant execute on function app_hidden.import_failed(bigint, jsonb, bigint, integer) to tdc_user;
+
+-- ---------------------------------------------------------------------------------------------
+-- Import and export through the user-code boundary (see create_user_definer above).
+
+-- Export: a throwaway definer function of the caller returning the relation's rows. The route
+-- runs COPY (select * from <it>()) TO STDOUT in a transaction it then rolls back.
+create or replace function app_hidden.export_function(p_name text) returns text
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  u app_public.users := app_hidden.require_user_role();
+begin
+  if app_hidden.user_relation(p_name, '{r,p,v,m,f}') is null then
+    raise exception 'No table or view named "%"', left(p_name, 80) using errcode = 'TDI04';
+  end if;
+  return app_hidden.create_user_definer('', format('setof %I.%I', u.handle, p_name), 'sql', format('select * from %I.%I', u.handle, p_name));
+end $$;
+comment on function app_hidden.export_function(text) is 'For an export: a throwaway definer function of the caller (roll it back) returning the rows of their table or view; TDI04 if there is none.';
+grant execute on function app_hidden.export_function(text) to tdc_user;
+
+-- True when writing into the table (COPY, DELETE) provably runs no code a user wrote: no triggers
+-- but ours, no RLS, no rules, no partitioning, built-in (or enum) column types, and no default,
+-- generated column, constraint or index that depends on a function, operator, type or cast outside
+-- the built-in catalog.
+create or replace function app_hidden.write_runs_no_user_code(p_relid oid) returns boolean
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select c.relkind = 'r' and not c.relispartition and not c.relrowsecurity and not c.relhasrules
+     and not exists (
+       select 1 from pg_trigger t
+        where t.tgrelid = c.oid and not t.tgisinternal
+          and not (t.tgname = '_900_tdc_row_events' and exists (
+                select 1 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                 where p.oid = t.tgfoid and n.nspname = 'app_private' and p.proname = 'tg__row_events'
+                   and p.proowner = (select r.oid from pg_roles r where r.rolname = 'tdc_owner'))))
+     and not exists (
+       select 1 from pg_attribute a
+         join pg_type ty on ty.oid = a.atttypid
+         left join pg_type el on el.oid = ty.typelem and ty.typcategory = 'A'
+        where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+          and not ((ty.oid < 16384 and ty.typtype = 'b') or ty.typtype = 'e'
+                   or (el.oid is not null and ((el.oid < 16384 and el.typtype = 'b') or el.typtype = 'e'))))
+     and not exists (
+       select 1 from pg_depend d
+        where ((d.classid = 'pg_attrdef'::regclass and d.objid in (select ad.oid from pg_attrdef ad where ad.adrelid = c.oid))
+            or (d.classid = 'pg_constraint'::regclass and d.objid in (select co.oid from pg_constraint co where co.conrelid = c.oid))
+            or (d.classid = 'pg_class'::regclass and d.objid in (select i.indexrelid from pg_index i where i.indrelid = c.oid)))
+          and ((d.refclassid = 'pg_proc'::regclass and exists (select 1 from pg_proc p where p.oid = d.refobjid and p.pronamespace <> 'pg_catalog'::regnamespace))
+            or (d.refclassid = 'pg_operator'::regclass and exists (select 1 from pg_operator o where o.oid = d.refobjid and o.oprnamespace <> 'pg_catalog'::regnamespace))
+            or (d.refclassid = 'pg_cast'::regclass and d.refobjid >= 16384)
+            or (d.refclassid = 'pg_type'::regclass and d.refobjid >= 16384
+                and not exists (select 1 from pg_type ty left join pg_type el on el.oid = ty.typelem and ty.typcategory = 'A'
+                                 where ty.oid = d.refobjid and (ty.typtype = 'e' or el.typtype = 'e')))))
+    from pg_class c where c.oid = p_relid
+$$;
+comment on function app_hidden.write_runs_no_user_code(oid) is 'Whether writing rows into the table provably runs no user-written code (the import''s fast path: a direct COPY in the server''s session).';
+grant execute on function app_hidden.write_runs_no_user_code(oid) to tdc_user;
+
+-- The import's plan, inside its data transaction: locks the table (ROW EXCLUSIVE, as COPY does, so
+-- no trigger, policy, rule, default or index can be added before the COPY), then says whether the
+-- fast path is safe and, per insertable column, the type a staging table gets (built-in types as
+-- they are, anything else as text, cast on the way in).
+create or replace function app_hidden.import_plan(p_table text) returns jsonb
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  u app_public.users := app_hidden.require_user_role();
+  v_relid oid := app_hidden.user_relation(p_table, '{r,p}');
+begin
+  if v_relid is null then
+    raise exception 'No table named "%"', left(p_table, 80) using errcode = 'TDI04';
+  end if;
+  execute format('lock table %I.%I in row exclusive mode', u.handle, p_table);
+  return jsonb_build_object(
+    'fast', app_hidden.write_runs_no_user_code(v_relid),
+    'columns', (select coalesce(jsonb_agg(jsonb_build_object('name', a.attname,
+                  'stageType', case when ty.oid < 16384 and ty.typtype = 'b' then format_type(a.atttypid, a.atttypmod) else 'text' end)
+                  order by a.attnum), '[]')
+                  from pg_attribute a join pg_type ty on ty.oid = a.atttypid
+                 where a.attrelid = v_relid and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''));
+end $$;
+comment on function app_hidden.import_plan(text) is 'Lock an import''s target table and plan the import: {fast: direct COPY is safe, columns: [{name, stageType}]}.';
+grant execute on function app_hidden.import_plan(text) to tdc_user;
+
+-- Safe path, step 1: a temp table of plain built-in columns (no user code can run on COPY into it).
+create or replace function app_hidden.import_stage(p_table text, p_columns text[]) returns text
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  v_plan jsonb := app_hidden.import_plan(p_table);
+  v_name text := format('tdc_import_%s_%s', pg_backend_pid(), floor(random() * 1e12)::bigint);
+  v_defs text[] := '{}';
+  v_col text;
+  v_type text;
+begin
+  perform app_hidden.require_user_role();
+  foreach v_col in array p_columns loop
+    select e ->> 'stageType' into v_type from jsonb_array_elements(v_plan -> 'columns') e where e ->> 'name' = v_col;
+    if v_type is null then
+      raise exception 'Unknown column "%"', left(v_col, 80) using errcode = 'TDT05';
+    end if;
+    v_defs := v_defs || format('%I %s', v_col, v_type);
+  end loop;
+  execute format('create temp table %I (%s) on commit drop', v_name, array_to_string(v_defs, ', '));
+  return v_name;
+end $$;
+comment on function app_hidden.import_stage(text, text[]) is 'Safe import path: create the temp staging table (built-in column types, dropped at commit) for those columns of the caller''s table; returns its name.';
+grant execute on function app_hidden.import_stage(text, text[]) to tdc_user;
+
+-- Safe path, step 2: (delete and) insert the staged rows inside a throwaway definer function of the
+-- caller: their triggers, defaults, policies, constraints run there, where role changes are refused.
+-- Deferred constraint triggers are fired there too (SET CONSTRAINTS ALL IMMEDIATE).
+create or replace function app_hidden.import_from_stage(p_table text, p_stage text, p_columns text[], p_replace boolean) returns bigint
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  u app_public.users := app_hidden.require_user_role();
+  v_relid oid := app_hidden.user_relation(p_table, '{r,p}');
+  v_cols text[] := '{}';
+  v_sel text[] := '{}';
+  v_col text;
+  v_type text;
+  v_fn text;
+  v_rows bigint;
+begin
+  if v_relid is null then
+    raise exception 'No table named "%"', left(p_table, 80) using errcode = 'TDI04';
+  end if;
+  if p_stage !~ '^tdc_import_[0-9]+_[0-9]+$' then
+    raise exception 'Invalid staging table' using errcode = 'TDI05';
+  end if;
+  foreach v_col in array p_columns loop
+    select format_type(a.atttypid, a.atttypmod) into v_type from pg_attribute a
+     where a.attrelid = v_relid and a.attname = v_col and a.attnum > 0 and not a.attisdropped and a.attgenerated = '';
+    if v_type is null then
+      raise exception 'Unknown column "%"', left(v_col, 80) using errcode = 'TDT05';
+    end if;
+    v_cols := v_cols || format('%I', v_col);
+    v_sel := v_sel || format('%I::%s', v_col, v_type);
+  end loop;
+  v_fn := app_hidden.create_user_definer('', 'bigint', 'plpgsql', format(
+    E'declare n bigint;\nbegin\n%s  insert into %I.%I (%s) select %s from pg_temp.%I;\n  get diagnostics n = row_count;\n  set constraints all immediate;\n  return n;\nend',
+    case when p_replace then format(E'  delete from %I.%I;\n', u.handle, p_table) else '' end,
+    u.handle, p_table, array_to_string(v_cols, ', '), array_to_string(v_sel, ', '), p_stage));
+  execute format('select %s()', v_fn) into v_rows;
+  execute format('drop function %s()', v_fn);
+  return v_rows;
+end $$;
+comment on function app_hidden.import_from_stage(text, text, text[], boolean) is 'Safe import path: move the staged rows into the caller''s table (after deleting the old ones for mode=replace) inside a throwaway definer function of the caller; returns the rows inserted.';
+grant execute on function app_hidden.import_from_stage(text, text, text[], boolean) to tdc_user;
+
+-- Last step before an import commits: a deferrable constraint trigger the caller can reach would run
+-- their code at COMMIT, in the server's session, outside any definer function. Refuse (TDI15).
+create or replace function app_hidden.import_check_commit() returns void
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_what text;
+begin
+  select format('%s on %s', t.tgname, c.oid::regclass) into v_what
+    from pg_trigger t join pg_class c on c.oid = t.tgrelid
+   where t.tgdeferrable and not t.tgisinternal
+     and (pg_has_role(current_user, c.relowner, 'USAGE') or has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE'))
+   limit 1;
+  if v_what is not null then
+    raise exception 'Imports are refused while you have a deferrable constraint trigger (%): it would run at commit outside the safe context', v_what
+      using errcode = 'TDI15', hint = 'Make the trigger NOT DEFERRABLE (or drop it), then import again.';
+  end if;
+end $$;
+comment on function app_hidden.import_check_commit() is 'Raise TDI15 if a deferrable constraint trigger the caller owns or can write to exists (it could run user code at commit, outside any definer function).';
+grant execute on function app_hidden.import_check_commit() to tdc_user;

@@ -9,6 +9,14 @@
  * (functions/40_tables.sql): `started` before any data flows, `failed` after
  * the rollback, `finished` inside the import's own transaction.
  *
+ * User code (triggers, policies, defaults, functions behind views...) must never
+ * run in this session outside a definer function: the login role could switch
+ * to any user's role from there. Exports read through a throwaway definer
+ * function of the user (rolled back); imports COPY straight into the table only
+ * when app_hidden.write_runs_no_user_code says nothing of the user's can run
+ * ("fast" path), else COPY into a temp staging table and insert from it inside
+ * a throwaway definer function ("safe" path). See docs/import.md.
+ *
  * HTTP error codes (body `{error: {code, message, line?, column?, value?}}`):
  *   TDA07 401 not signed in          TDI01 400 empty body          TDI02 422 no data rows
  *   TDI03 422 bad header             TDI04 404 no such table       TDI05 400 bad option
@@ -16,6 +24,9 @@
  *   TDI09 422 invalid encoding       TDI10 422 constraint violated TDI11 400/415 bad content-encoding or gzip
  *   TDI12 409 table exists (create)  TDI13 415 unsupported content-type
  *   TDI14 400 unsupported export format / upload aborted          TDT01 400 invalid new table name
+ *   TDI15 409 a deferrable constraint trigger would run user code at commit (refused)
+ *   TDI16 403 the table's own code tried something refused (e.g. a role change) or lacks a privilege
+ *   TDI17 422 the table's own code (trigger, policy, default, check) raised an error
  */
 import type { Express, Request, Response } from "express";
 import type pg from "pg";
@@ -92,14 +103,14 @@ export function parseOptions(q: Request["query"]): ImportOptions {
 const isUtf8 = (enc: string) => /^utf-?8$/i.test(enc) || /^unicode$/i.test(enc);
 
 /** Run `fn` in a transaction as the caller's role, the way every route acts for a user. */
-async function asUser<T>(pool: pg.Pool, auth: Auth, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+async function asUser<T>(pool: pg.Pool, auth: Auth, fn: (c: pg.PoolClient) => Promise<T>, end: "commit" | "rollback" = "commit"): Promise<T> {
   const c = await pool.connect();
   let broken = false;
   try {
     await c.query("begin");
     await c.query("select set_config('role', $1, true), set_config('tdc.session_id', $2, true)", [auth.role, auth.sessionId ?? ""]);
     const r = await fn(c);
-    await c.query("commit");
+    await c.query(end);
     return r;
   } catch (e) {
     await c.query("rollback").catch(() => { broken = true; });
@@ -145,6 +156,9 @@ function fromPgError(e: any): ImportError {
   if (code === "TDI04") return new ImportError(404, "TDI04", msg);
   if (code === "TDI05") return new ImportError(400, "TDI05", msg);
   if (code === "TDI12" || code === "TDT03") return new ImportError(409, "TDI12", msg);
+  if (code === "TDI15") return new ImportError(409, "TDI15", msg);
+  if (code === "42501") return new ImportError(403, "TDI16", msg, detail);
+  if (code.startsWith("P0")) return new ImportError(422, "TDI17", msg, detail);
   const id = Math.random().toString(36).slice(2, 10);
   logger.error({ errorId: id, err: msg, code }, "import failed unexpectedly");
   return new ImportError(500, "TDX00", `Internal error (id: ${id})`);
@@ -268,15 +282,16 @@ export function installTables(app: Express, pool: pg.Pool) {
       req.on("close", () => { if (!req.complete) raw!.destroy(new ImportError(400, "TDI14", "The upload was aborted")); });
       req.pipe(raw);
 
-      let rows = 0;
+      let result = { rows: 0, path: "fast" as ImportPath };
       const progress = startProgress(pool, auth, importId, () => raw!.bytes);
       try {
-        rows = await importBody(pool, auth, body, target, o, () => ({ bytes: raw!.bytes, ms: Date.now() - started }));
+        result = await importBody(pool, auth, body, target, o, () => ({ bytes: raw!.bytes, ms: Date.now() - started }));
       } finally {
         await progress.stop();
       }
       // (import_finished ran inside importBody's transaction.)
-      res.status(200).json({ table: target.table_name, rows, bytes: raw.bytes, ms: Date.now() - started, importId: Number(importId), created: o.create });
+      logger.info({ importId, path: result.path, rows: result.rows }, "import finished");
+      res.status(200).json({ table: target.table_name, rows: result.rows, bytes: raw.bytes, ms: Date.now() - started, importId: Number(importId), created: o.create, path: result.path });
     } catch (err: any) {
       const e = err instanceof ImportError ? err : (err?.code === "Z_DATA_ERROR" || err?.code === "Z_BUF_ERROR" || err?.errno < 0 && /gzip|header check|unexpected end/i.test(err?.message ?? ""))
         ? new ImportError(400, "TDI11", "The body is not valid gzip") : fromPgError(err);
@@ -302,16 +317,29 @@ export function installTables(app: Express, pool: pg.Pool) {
       if (!auth.userId) throw new ImportError(401, "TDA07", "You must be signed in");
       const format = req.query.format ?? "csv";
       if (format !== "csv") throw new ImportError(400, "TDI14", "format must be csv");
+      // The rows come from a throwaway definer function of the user (user code behind a view or
+      // a policy cannot change role there); the transaction is rolled back, taking it along.
       await asUser(pool, auth, async (c) => {
+        const t = await c.query("select relation_name, app_hidden.export_function($1) as fn from app_hidden.export_target($1)", [name]).catch((e) => { throw fromPgError(e); });
+        const { relation_name, fn } = t.rows[0];
         await c.query("set transaction read only");
-        const t = await c.query("select schema_name, relation_name from app_hidden.export_target($1)", [name]).catch((e) => { throw fromPgError(e); });
-        const { schema_name, relation_name } = t.rows[0];
         res.setHeader("content-type", "text/csv; charset=utf-8");
         res.setHeader("content-disposition", `attachment; filename="${relation_name.replace(/[^A-Za-z0-9_.-]/g, "_")}.csv"`);
         res.setHeader("cache-control", "no-store");
-        const out = c.query(copyTo(`copy (select * from ${c.escapeIdentifier(schema_name)}.${c.escapeIdentifier(relation_name)}) to stdout with (format csv, header true)`));
-        await pipeline(out, res);
-      });
+        const out = c.query(copyTo(`copy (select * from ${fn}()) to stdout with (format csv, header true)`));
+        // COPY sends the header line before the function has run; hold it until the first row (the
+        // function's result is complete by then) or the end, so that an error from the user's code
+        // (e.g. a refused role change) still gets a clean JSON answer instead of a cut-off download.
+        const it = out[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+        const held: Buffer[] = [];
+        let ended = false;
+        while (held.length < 2) {
+          const r = await it.next().catch((e) => { throw fromPgError(e); });
+          if (r.done) { ended = true; break; }
+          held.push(r.value);
+        }
+        await pipeline(Readable.from(chain(Buffer.concat(held), ended ? emptyIter() : it)), res);
+      }, "rollback");
     } catch (err: any) {
       sendError(res, err instanceof ImportError ? err : fromPgError(err));
     }
@@ -347,6 +375,8 @@ function startProgress(pool: pg.Pool, auth: Auth, importId: string, bytes: () =>
   return { stop: async () => { clearInterval(timer); await inFlight; } };
 }
 
+type ImportPath = "fast" | "safe";
+
 /**
  * The data: one transaction as the caller. create=true spools the body to a
  * temp file while inferring types, defines the table, then COPYs the file;
@@ -354,7 +384,7 @@ function startProgress(pool: pg.Pool, auth: Auth, importId: string, bytes: () =>
  * first in the same transaction (MVCC: readers keep seeing them until commit).
  */
 async function importBody(pool: pg.Pool, auth: Auth, body: Transform, target: { schema_name: string; table_name: string; columns: Array<{ name: string }>; id: string },
-  o: ImportOptions, stats: () => { bytes: number; ms: number }): Promise<number> {
+  o: ImportOptions, stats: () => { bytes: number; ms: number }): Promise<{ rows: number; path: ImportPath }> {
   const src = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const { head, headerLine, done } = await readHead(src, o);
   if (head.length === 0) throw new ImportError(400, "TDI01", "The body is empty: send the CSV as the request body");
@@ -393,18 +423,36 @@ async function importBody(pool: pg.Pool, auth: Auth, body: Transform, target: { 
         await c.query("select app_public.define_table($1, array(select row(x.name, x.type, true, null, false, false)::app_public.column_spec from jsonb_to_recordset($2) as x(name text, type text)))",
           [target.table_name, JSON.stringify(cols.map((name, i) => ({ name, type: types[i] })))]);
       }
-      if (o.mode === "replace" && !o.create) {
+      // Locks the table (no trigger/policy/default can be added from now on) and decides the path.
+      const plan = (await c.query("select app_hidden.import_plan($1) as p", [target.table_name])).rows[0].p as { fast: boolean };
+      const path: ImportPath = plan.fast ? "fast" : "safe";
+      // The safe path runs the user's code (in a definer function, but it may still leave session
+      // settings behind): that connection is not reused.
+      if (!plan.fast) broken = true;
+      let into = { schema: target.schema_name, table: target.table_name };
+      if (plan.fast && o.mode === "replace" && !o.create) {
         await c.query(`delete from ${c.escapeIdentifier(target.schema_name)}.${c.escapeIdentifier(target.table_name)}`);
       }
-      const copy = c.query(copyFrom(copySql(c, target.schema_name, target.table_name, cols, o)));
+      if (!plan.fast) {
+        const stage = (await c.query("select app_hidden.import_stage($1, $2) as s", [target.table_name, cols])).rows[0].s as string;
+        into = { schema: "pg_temp", table: stage };
+      }
+      const copy = c.query(copyFrom(copySql(c, into.schema, into.table, cols, o)));
       if (spool) await pipeline(createReadStream(spool.file, { highWaterMark: 1 << 20 }), copy);
       else await pipeline(Readable.from(chain(head, done ? emptyIter() : src)), copy);
-      const rows = copy.rowCount;
+      let rows = copy.rowCount;
       if (rows === 0) throw new ImportError(422, "TDI02", o.header ? "The file has a header but no data rows; nothing was imported" : "The file has no data rows");
+      if (!plan.fast) {
+        const r = await c.query("select app_hidden.import_from_stage($1, $2, $3, $4) as n", [target.table_name, into.table, cols, o.mode === "replace"]);
+        rows = Number(r.rows[0].n);
+      }
+      // Nothing of the user's may run at COMMIT: no deferrable constraint trigger, no open cursor.
+      await c.query("select app_hidden.import_check_commit()");
+      await c.query("close all");
       const { bytes, ms } = stats();
       await c.query("select app_hidden.import_finished($1, $2, $3, $4)", [target.id, rows, bytes, ms]);
       await c.query("commit");
-      return rows;
+      return { rows, path };
     } catch (e) {
       await c.query("rollback").catch(() => { broken = true; });
       throw e;
