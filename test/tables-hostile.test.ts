@@ -58,8 +58,12 @@ async function assertNoEscalation(t: any, responseText: string) {
   const loot = await db.admin.query("select v from mallory.loot");
   t.false(loot.rows.some((r) => String(r.v).includes(SECRET)), "the secret must not reach mallory's tables");
   t.false(loot.rows.some((r) => String(r.v).startsWith("app_private")), "app_private must not have been read");
-  const all = await db.admin.query("select string_agg(x::text, '|') as s from (select t::text as x from mallory.t_trig t union all select t::text from mallory.t_def t union all select t::text from mallory.t_rls t union all select t::text from mallory.t_idx t) q");
-  t.false(String(all.rows[0].s ?? "").includes(SECRET));
+  // Every table of mallory's, whatever it holds.
+  const tables = await db.admin.query("select format('%I.%I', schemaname, tablename) as t from pg_tables where schemaname = 'mallory'");
+  for (const { t: name } of tables.rows) {
+    const all = await db.admin.query(`select coalesce(string_agg(x::text, '|'), '') as s from ${name} x`);
+    t.false(all.rows[0].s.includes(SECRET), `the secret must not be in ${name}`);
+  }
   t.deepEqual(await vault(), vaultBefore, "the victim's table is unchanged");
 }
 
@@ -207,6 +211,43 @@ test.serial("a deferrable constraint trigger (it would fire at commit) makes imp
   } finally {
     await psqlA.query("drop table t_late; drop table t_fwd");
   }
+});
+
+test.serial("a WITH HOLD cursor opened by a trigger (it would run at commit) is closed before the commit", async (t) => {
+  await psqlA.query(`
+    create function hold() returns trigger language plpgsql as $f$
+    begin execute 'declare held cursor with hold for select mallory.steal()'; return new; end $f$;
+    create table t_hold (id int);
+    create trigger _100_hold before insert on t_hold for each row execute function hold();
+  `);
+  const r = await imp("t_hold", "id\n1\n");
+  t.is(r.status, 200, r.text);
+  t.is(r.body.path, "safe");
+  await assertNoEscalation(t, r.text);
+  const loot = await db.admin.query("select count(*)::int as n from mallory.loot");
+  t.is(loot.rows[0].n, 0, "steal() never ran");
+});
+
+test.serial("alterTable that rewrites a table with user index/generated expressions, and imports into it: no escalation", async (t) => {
+  // steal_quiet swallows its own failure, so it can be set up from psql (where the role change fails).
+  await psqlA.query(`
+    create function steal_quiet(x text) returns text language plpgsql immutable as $f$
+    begin return mallory.steal(); exception when others then return x; end $f$;
+    create table t_rw (v text, g text generated always as (mallory.steal_quiet(v)) stored);
+    insert into t_rw (v) values ('a'), ('b');
+    create index t_rw_steal on t_rw (mallory.steal_quiet(v));
+  `);
+  const r = await gql(stack.url, `mutation{alterTable(input:{name:"t_rw", addColumns:[{name:"k", type:"uuid", default:"gen_random_uuid()"}, {name:"n", type:"bigint", default:"identity"}]}){table{name}}}`, {}, A.token);
+  t.falsy(r.errors, JSON.stringify(r.errors));
+  await assertNoEscalation(t, JSON.stringify(r));
+  const i = await imp("t_rw", "v\nc\n");
+  t.is(i.status, 200, i.text);
+  t.is(i.body.path, "safe");
+  await assertNoEscalation(t, i.text);
+  const g = await db.admin.query("select string_agg(g, ',' order by v) as g from mallory.t_rw");
+  t.is(g.rows[0].g, "a,b,c");
+  const loot = await db.admin.query("select v from mallory.loot");
+  t.deepEqual(loot.rows, []);
 });
 
 test.serial("a plain table takes the fast path (direct COPY)", async (t) => {
