@@ -32,6 +32,7 @@ const dataDir = process.env.TDC_BENCH_DATA_DIR!;
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const BIG_ROWS = Number(process.env.BENCH_BIG_ROWS ?? 10_000_000);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
+const SAFE_REPS = Number(process.env.BENCH_SAFE_REPS ?? 3);
 const PSQL = "/usr/bin/psql";
 
 const COLUMNS = [
@@ -148,7 +149,7 @@ let exitCode = 0;
 try {
   await waitForHttp(`http://127.0.0.1:${serverPort}/graphql`, 60_000, [200, 400, 405]);
   const email = "bench@example.com", password = "bench password 1";
-  const user = (await gql(url, `mutation($e:String!,$p:String!){register(input:{email:$e,password:$p,handle:"bench"}){user{handle}}}`, { e: email, p: password })).register.user;
+  const user = (await gql(url, `mutation($e:String!,$p:String!){register(input:{email:$e,password:$p,handle:"bench"}){user{handle roleName}}}`, { e: email, p: password })).register.user;
   const token = (await gql(url, `mutation($e:String!,$p:String!){authenticate(input:{email:$e,password:$p}){jwtToken}}`, { e: email, p: password })).authenticate.jwtToken;
   let n = 0;
   const freshTable = async () => {
@@ -182,6 +183,7 @@ try {
     serverCpu.push(cpuMs(server.pid!) - sc);
     pushpinCpu.push(cpuMs(pushpin.child.pid!) - pc);
     if (h.result.status !== 200 || h.result.body.rows !== ROWS) throw new Error(`import failed: ${JSON.stringify(h.result.body)}`);
+    if (h.result.body.path !== "fast") throw new Error(`expected the fast path: ${JSON.stringify(h.result.body)}`);
     httpRss.push(h.peakMb - h.baseMb);
     await drop(b);
     // The same POST straight to the origin (no Pushpin), to tell our cost from the proxy's.
@@ -199,6 +201,29 @@ try {
     createRss.push(cr.peakMb - cr.baseMb);
     await drop(c);
     console.log(`rep ${rep + 1}: \\copy ${r1(copyMs.at(-1)!)} ms, POST ${r1(httpMs.at(-1)!)} ms (RSS +${r1(httpRss.at(-1)!)} MB), direct ${r1(directMs.at(-1)!)} ms, create ${r1(createMs.at(-1)!)} ms (RSS +${r1(createRss.at(-1)!)} MB)`);
+  }
+  // The safe path (a table with a user trigger: staged COPY, then insert inside a definer function),
+  // against \copy into an identical table with the same trigger.
+  const withTrigger = async () => {
+    const t = await freshTable();
+    const sql = `set role "${user.roleName}"; create or replace function "${user.handle}".tg_bench() returns trigger language plpgsql as $$ begin return new; end $$; ` +
+      `create trigger _100_bench before insert on "${user.handle}"."${t}" for each row execute function "${user.handle}".tg_bench();`;
+    const r = spawnSync(PSQL, [adminUrl, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`psql failed: ${r.stderr}`);
+    return t;
+  };
+  const safeCopyMs: number[] = [], safeMs: number[] = [];
+  for (let rep = 0; rep < SAFE_REPS; rep++) {
+    const a = await withTrigger();
+    safeCopyMs.push(psqlCopy(user.handle, a, file));
+    await drop(a);
+    const b = await withTrigger();
+    const t0 = performance.now();
+    const sr = await post(ppPort, `/tables/${b}/import`, file, token);
+    safeMs.push(performance.now() - t0);
+    if (sr.status !== 200 || sr.body.rows !== ROWS || sr.body.path !== "safe") throw new Error(`safe import failed: ${JSON.stringify(sr.body)}`);
+    await drop(b);
+    console.log(`safe rep ${rep + 1}: \copy (trigger) ${r1(safeCopyMs.at(-1)!)} ms, POST (safe path) ${r1(safeMs.at(-1)!)} ms`);
   }
   rmSync(file);
 
@@ -238,6 +263,8 @@ try {
     http_import: { median_ms: r1(h), runs_ms: httpMs.map(r1), rows_per_s: Math.round(ROWS / (h / 1000)), mb_per_s: r1(mb / (h / 1000)),
       ratio_vs_copy: r3(h / c), target: 1.25, rss_growth_mb_max: r1(Math.max(...httpRss)),
       cpu_ms_median: { server: median(serverCpu), pushpin: median(pushpinCpu) } },
+    safe_path: { copy_with_trigger_median_ms: r1(median(safeCopyMs)), copy_with_trigger_runs_ms: safeCopyMs.map(r1),
+      http_median_ms: r1(median(safeMs)), http_runs_ms: safeMs.map(r1), ratio_vs_copy_with_trigger: r3(median(safeMs) / median(safeCopyMs)) },
     direct_import_no_pushpin: { median_ms: r1(dm), runs_ms: directMs.map(r1), ratio_vs_copy: r3(dm / c) },
     create_import: { median_ms: r1(cr), runs_ms: createMs.map(r1), rows_per_s: Math.round(ROWS / (cr / 1000)), mb_per_s: r1(mb / (cr / 1000)),
       ratio_vs_copy: r3(cr / c), target: 2.5, rss_growth_mb_max: r1(Math.max(...createRss)) },
@@ -262,6 +289,7 @@ try {
     `| POST /tables/:name/import via Pushpin | ${r1(h)} ms | ${result.http_import.rows_per_s.toLocaleString("en")} | ${result.http_import.mb_per_s} | ${result.http_import.ratio_vs_copy.toFixed(2)}× | ≤ 1.25× ${pass.http ? "✅" : "❌"} | ${result.http_import.rss_growth_mb_max} MB |`,
     `| (for attribution) the same POST straight to the server, no Pushpin | ${r1(dm)} ms | ${Math.round(ROWS / (dm / 1000)).toLocaleString("en")} | ${r1(mb / (dm / 1000))} | ${(dm / c).toFixed(2)}× | | |`,
     `| POST …?create=true via Pushpin | ${r1(cr)} ms | ${result.create_import.rows_per_s.toLocaleString("en")} | ${result.create_import.mb_per_s} | ${result.create_import.ratio_vs_copy.toFixed(2)}× | ≤ 2.5× ${pass.create ? "✅" : "❌"} | ${result.create_import.rss_growth_mb_max} MB |`,
+    `| POST into a table with a user trigger (safe path: staged COPY + insert in a definer function) via Pushpin | ${result.safe_path.http_median_ms} ms | ${Math.round(ROWS / (result.safe_path.http_median_ms / 1000)).toLocaleString("en")} | ${r1(mb / (result.safe_path.http_median_ms / 1000))} | ${(result.safe_path.http_median_ms / c).toFixed(2)}× (${result.safe_path.ratio_vs_copy_with_trigger.toFixed(2)}× \\copy into the same triggered table, ${result.safe_path.copy_with_trigger_median_ms} ms; median of ${SAFE_REPS}) | | |`,
     "",
     big ? `Large file: ${big.rows.toLocaleString("en")} rows / ${big.mb} MB: \\copy ${big.copy_ms} ms, POST ${big.http_ms} ms (${big.ratio.toFixed(2)}×); server RSS growth ${big.rss_growth_mb} MB (base ${big.rss_base_mb} MB) vs ${result.http_import.rss_growth_mb_max} MB for the ${r1(mb)} MB file — target < 64 MB and flat ${pass.rss ? "✅" : "❌"}.` : "Large file: skipped (BENCH_BIG_ROWS=0).",
     "",
