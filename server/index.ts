@@ -14,6 +14,7 @@ import { installPostgraphile } from "./postgraphile.ts";
 import { installErrorHandler } from "./errors.ts";
 import { installTables } from "./routes/tables.ts";
 import { installExamples } from "./examples.ts";
+import { installStream } from "./routes/stream.ts";
 
 export interface ServerOptions {
   port?: number;
@@ -33,6 +34,7 @@ export async function startServer(opts: ServerOptions = {}) {
   const server = createServer(app);
 
   installHealth(app, pool, publishUrls);
+  installStream(app, pool, { gripSigKey: opts.gripSigKey ?? config.gripSigKey });
   app.use(["/graphql"], authenticate(pool));
   await installPostgraphile(app, server, pool);
   installTables(app, pool);

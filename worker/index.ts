@@ -7,6 +7,7 @@ import { run, Logger } from "graphile-worker";
 import { config } from "../server/config.ts";
 import { logger } from "../server/log.ts";
 import { makePool } from "../server/pools.ts";
+import { Forwarder } from "./forwarder.ts";
 
 // graphile-worker's log lines, as structured JSON through our logger.
 const workerLogger = new Logger((scope) => (level, message, meta) => {
@@ -28,10 +29,12 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
     crontab: "",
     logger: workerLogger,
   });
+  const forwarder = new Forwarder({ ownerUrl, publishUrls: opts.publishUrls ?? config.publishUrls });
+  await forwarder.start();
   logger.info("worker started");
   return {
-    runner, pool,
-    stop: async () => { await runner.stop(); await pool.end(); },
+    runner, pool, forwarder,
+    stop: async () => { await forwarder.stop(); await runner.stop(); await pool.end(); },
   };
 }
 

@@ -83,3 +83,77 @@ comment on column app_private.events.seq is 'Per-channel sequence number (the SS
 comment on column app_private.events.type is 'Event type, e.g. row.inserted, view.refreshed, import.finished.';
 comment on column app_private.events.data is 'Event payload (JSON).';
 comment on column app_private.events.created_at is 'Commit-time-ish timestamp of the event.';
+
+--! Realtime: retention, forwarder cursors, stream closes (issue 6)
+-- Retention per channel: events older than `retention` or beyond the newest
+-- `retention_count` are pruned by app_private.prune_events (pg_cron job 'tdc-prune-events').
+alter table app_public.channels add column if not exists retention interval not null default '7 days';
+alter table app_public.channels add column if not exists retention_count integer not null default 100000;
+alter table app_public.channels drop constraint if exists channels_retention_valid;
+alter table app_public.channels add constraint channels_retention_valid
+  check (retention >= interval '1 minute' and retention <= interval '366 days'
+         and retention_count between 1 and 10000000);
+comment on column app_public.channels.retention is 'How long events are kept for replay (default 7 days).';
+comment on column app_public.channels.retention_count is 'How many of the newest events are kept for replay at most (default 100,000).';
+
+-- Everything up to pruned_through is gone: a subscriber asking to resume from an id
+-- below it gets `event: reset` (SSE) or TDC08 (pull) instead of a silent gap.
+alter table app_private.channel_heads add column if not exists pruned_through bigint not null default 0;
+comment on column app_private.channel_heads.pruned_through is 'Highest sequence number removed by retention (0: none).';
+
+-- The forwarder's progress per channel: advanced only after every Pushpin instance
+-- accepted the batch, so a crash re-publishes (Pushpin drops what it already has) and never skips.
+create table if not exists app_private.forwarder_cursors (
+  channel_id bigint primary key references app_public.channels on delete cascade,
+  seq bigint not null default 0,
+  updated_at timestamptz not null default now()
+);
+alter table app_private.forwarder_cursors enable row level security;
+alter table app_private.forwarder_cursors force row level security;
+drop policy if exists owner_only on app_private.forwarder_cursors;
+create policy owner_only on app_private.forwarder_cursors to tdc_owner using (true) with check (true);
+comment on table app_private.forwarder_cursors is 'Per channel, the last event sequence number every Pushpin instance accepted from the forwarder.';
+comment on column app_private.forwarder_cursors.channel_id is 'The channel.';
+comment on column app_private.forwarder_cursors.seq is 'Last sequence number published to all Pushpin instances.';
+comment on column app_private.forwarder_cursors.updated_at is 'When the cursor last moved.';
+
+-- Streams to re-check (channel deleted or renamed, session ended, API token revoked): a durable
+-- queue the forwarder turns into Pushpin hints on the affected Pushpin channels. A hint
+-- makes Pushpin ask the origin again (the stream's Grip-Link) for every held stream there:
+-- the origin re-validates token and channel and ends the streams that may no longer be
+-- served, while the others continue without a reconnect. A missed NOTIFY delays a
+-- re-check by at most one poll but never loses it.
+create table if not exists app_private.stream_rechecks (
+  id bigint primary key generated always as identity,
+  grip_channel text not null,
+  reason text not null,
+  created_at timestamptz not null default now()
+);
+alter table app_private.stream_rechecks enable row level security;
+alter table app_private.stream_rechecks force row level security;
+drop policy if exists owner_only on app_private.stream_rechecks;
+create policy owner_only on app_private.stream_rechecks to tdc_owner using (true) with check (true);
+comment on table app_private.stream_rechecks is 'Pending re-checks of held SSE streams (deleted channel, ended session, revoked token); the forwarder publishes them to Pushpin as hints and removes them.';
+comment on column app_private.stream_rechecks.id is 'Queue order.';
+comment on column app_private.stream_rechecks.grip_channel is 'Pushpin channel whose held streams must be re-validated by the origin.';
+comment on column app_private.stream_rechecks.reason is 'Why (channel_deleted, channel_renamed, session_ended, token_revoked).';
+comment on column app_private.stream_rechecks.created_at is 'When the re-check was requested.';
+
+-- Input and output shapes of the channel API.
+do $$ begin
+  if to_regtype('app_public.channel_source_spec') is null then
+    create type app_public.channel_source_spec as (kind text, name text, events text[]);
+  end if;
+  if to_regtype('app_public.channel_event') is null then
+    create type app_public.channel_event as (seq bigint, type text, data jsonb, created_at timestamptz);
+  end if;
+end $$;
+comment on type app_public.channel_source_spec is 'A channel source: kind (table, view, job or imports), the name of your table/view/job (omit for imports), and optionally which event types to deliver.';
+comment on column app_public.channel_source_spec.kind is 'table, view, job or imports.';
+comment on column app_public.channel_source_spec.name is 'Name of your table, view or job (omit for imports).';
+comment on column app_public.channel_source_spec.events is 'Event types to deliver (omit for all of this kind), e.g. ["row.inserted"].';
+comment on type app_public.channel_event is 'One stored event of a channel, as delivered on its SSE stream.';
+comment on column app_public.channel_event.seq is 'Sequence number (the SSE id): per channel, gap-free, in commit order.';
+comment on column app_public.channel_event.type is 'Event type (the SSE event name).';
+comment on column app_public.channel_event.data is 'Event payload (the SSE data).';
+comment on column app_public.channel_event.created_at is 'When the event was recorded.';

@@ -1,0 +1,154 @@
+/**
+ * GET /channels/:name/events — a channel as Server-Sent Events, held open by
+ * Pushpin (GRIP). The origin answers one short request: it replays what the
+ * client missed (after Last-Event-ID), then tells Pushpin to hold the stream on
+ * the channel's Pushpin channel with `prev-id` = the last id it sent, and gives
+ * a `Grip-Link` (rel=next) Pushpin calls back with `Grip-Last` whenever it sees
+ * a gap (or the stream was idle for a while), so lost publishes are repaired
+ * from the event log. Long replays are paged the same way.
+ */
+import type { Express, Request, Response } from "express";
+import { randomBytes } from "node:crypto";
+import type pg from "pg";
+import { logger } from "../log.ts";
+import { AuthError, resolveToken, tokenFrom, type Auth } from "../auth.ts";
+import { parseGripLast, sseEvent, verifyGripSig } from "../grip.ts";
+
+const PAGE_EVENTS = 1000;         // events per origin response; more follow via the next link
+const PAGE_BYTES = 512 * 1024;    // and at most about this many bytes
+const LINK_TIMEOUT_S = 60;        // idle streams re-check (auth, channel, gaps) this often
+const KEEP_ALIVE_S = 20;          // comment line after this long without data
+
+type Fail = { status: number; code: string; message: string };
+
+function fail(res: Response, f: Fail) {
+  res.status(f.status).set("cache-control", "no-store")
+    .json({ error: { code: f.code, message: f.message } });
+}
+
+/** Resume point the client asked for: null = live only; NaN = unparseable (→ reset). */
+function requestedAfter(req: Request, gripChannel: string): number | null {
+  const gl = parseGripLast(req.headers["grip-last"]);
+  const after = typeof req.query.after === "string" ? req.query.after : undefined;
+  // A paging link (page=1) continues exactly where the previous page ended; Pushpin's
+  // Grip-Last still names the id of the last hold there. For a held stream's link,
+  // Grip-Last is the truth: live events have moved it past the link's `after`.
+  const candidates = [
+    req.query.page === "1" ? after : undefined,
+    gl.get(gripChannel),
+    after,
+    typeof req.headers["last-event-id"] === "string" ? req.headers["last-event-id"] : undefined,
+    typeof req.query.lastEventId === "string" ? req.query.lastEventId : undefined,
+  ];
+  const v = candidates.find((c) => c !== undefined && c !== "");
+  if (v === undefined) return null;
+  return /^\d{1,15}$/.test(v) ? Number(v) : NaN;
+}
+
+export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: string | null }) {
+  app.get("/channels/:name/events", async (req: Request, res: Response) => {
+    // Only Pushpin may hold streams for us: anything else is refused.
+    const sig = req.headers["grip-sig"];
+    if (!verifyGripSig(typeof sig === "string" ? sig : undefined, opts.gripSigKey)) {
+      return fail(res, { status: 403, code: "TDC09", message: "Streams are served through Pushpin only" });
+    }
+    // Pushpin's own follow-up requests (gap repair, paging, idle re-check) carry Grip-Last.
+    // When the stream may no longer be served, an empty answer without Grip-Hold ends it.
+    const isLink = req.headers["grip-last"] !== undefined || req.query.after !== undefined;
+    const refuse = (f: Fail) => {
+      if (isLink) {
+        logger.info({ code: f.code, channel: req.params.name }, "closing stream");
+        res.status(200).set("content-type", "text/event-stream").send("");
+        return;
+      }
+      fail(res, f);
+    };
+
+    let token: string | null;
+    let auth: Auth;
+    try {
+      token = tokenFrom(req);
+      if (!token) return refuse({ status: 401, code: "TDA07", message: "Sign in: send Authorization: Bearer <token> or ?access_token=" });
+      auth = await resolveToken(pool, token);
+    } catch (e) {
+      if (e instanceof AuthError) return refuse({ status: 401, code: e.code, message: e.message });
+      logger.error({ err: (e as Error).message }, "stream auth failed");
+      return fail(res, { status: 503, code: "TDC00", message: "Temporarily unavailable" });
+    }
+
+    const name = String(req.params.name);
+    const client = await pool.connect().catch(() => null);
+    if (!client) return fail(res, { status: 503, code: "TDC00", message: "Temporarily unavailable" });
+    let body = "";
+    let lastSent: number;
+    let more = false;
+    let gripChannel: string;
+    try {
+      // One snapshot for the bounds and the events: what we send and prev-id agree.
+      await client.query("begin isolation level repeatable read read only");
+      await client.query("select set_config('role', $1, true), set_config('tdc.session_id', $2, true)", [auth.role, auth.sessionId ?? ""]);
+      let open;
+      try {
+        open = (await client.query("select channel_id, grip_channel, head, pruned_through from app_hidden.stream_open($1)", [name])).rows[0];
+      } catch (e: any) {
+        await client.query("rollback");
+        if (e.code === "TDC03") return refuse({ status: 404, code: "TDC03", message: `No channel named "${name}"` });
+        if (e.code === "TDA07") return refuse({ status: 401, code: "TDA07", message: "You must be signed in" });
+        throw e;
+      }
+      gripChannel = open.grip_channel;
+      const head = Number(open.head);
+      const pruned = Number(open.pruned_through);
+      const after = requestedAfter(req, gripChannel);
+      if (after === null) {
+        lastSent = head; // a new subscriber starts with what comes next
+      } else if (Number.isNaN(after) || after < pruned || after > head) {
+        // The events after `after` are gone (retention) or never existed here: say so once.
+        body += sseEvent(head, "reset", JSON.stringify({ reason: after > head ? "unknown_id" : "retention", requested: Number.isNaN(after) ? null : after, oldest: pruned + 1, latest: head }));
+        lastSent = head;
+      } else {
+        lastSent = after;
+        const { rows } = await client.query("select seq, type, data from app_hidden.stream_events($1, $2, $3)",
+          [open.channel_id, after, PAGE_EVENTS + 1]);
+        let bytes = 0;
+        for (let i = 0; i < rows.length; i++) {
+          if (i >= PAGE_EVENTS || (bytes >= PAGE_BYTES && i > 0)) { more = true; break; }
+          const ev = sseEvent(rows[i].seq, rows[i].type, rows[i].data);
+          body += ev;
+          bytes += ev.length;
+          lastSent = Number(rows[i].seq);
+        }
+      }
+      await client.query("commit");
+    } catch (e) {
+      await client.query("rollback").catch(() => {});
+      logger.error({ err: (e as Error).message }, "stream open failed");
+      return fail(res, { status: 503, code: "TDC00", message: "Temporarily unavailable" });
+    } finally {
+      client.release();
+    }
+
+    // Pushpin shares one origin answer among held streams whose next link is the same URL
+    // (auto-share), although each sends its own Grip-Last: a stream id in the link keeps every
+    // stream's repair answer its own (else a stream further ahead would get duplicates).
+    const streamId = typeof req.query.s === "string" && /^[0-9a-f]{16}$/.test(req.query.s) ? req.query.s : randomBytes(8).toString("hex");
+    const link = `/channels/${encodeURIComponent(name)}/events?after=${lastSent}${more ? "&page=1" : ""}&s=${streamId}&access_token=${encodeURIComponent(token)}`;
+    res.status(200).set({
+      "content-type": "text/event-stream",
+      "cache-control": "no-cache",
+    });
+    if (more) {
+      // Not everything fits one answer: Pushpin fetches the next page at once and appends it.
+      res.set("grip-link", `<${link}>; rel=next`);
+    } else {
+      res.set({
+        "grip-hold": "stream",
+        "grip-channel": `${gripChannel}; prev-id=${lastSent}`,
+        "grip-link": `<${link}>; rel=next; timeout=${LINK_TIMEOUT_S}`,
+        "grip-keep-alive": `:\\n\\n; format=cstring; timeout=${KEEP_ALIVE_S}`,
+      });
+    }
+    // The first answer tells EventSource to reconnect quickly after any drop.
+    res.send((isLink ? "" : "retry: 1000\n\n") + body);
+  });
+}

@@ -1,0 +1,89 @@
+/**
+ * Realtime test helpers: SQL as a user (committed), emitting events as the
+ * owner, the channel GraphQL calls, and a minimal SSE reader over fetch.
+ */
+import type pg from "pg";
+import type { TestDb } from "./db.ts";
+import { gql, type TestUser } from "./stack.ts";
+
+/** Run statements as the user's own role, committed (like their psql session would). */
+export async function asUser(db: TestDb, user: TestUser, sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+  const c = await db.admin.connect();
+  try {
+    await c.query("begin");
+    await c.query("select set_config('role', $1, true)", [user.roleName]);
+    const r = await c.query(sql, params);
+    await c.query("commit");
+    return r;
+  } catch (e) {
+    await c.query("rollback").catch(() => {});
+    throw e;
+  } finally {
+    c.release();
+  }
+}
+
+/** Emit `n` events (as the owner would) from a user's job source, `perTx` per transaction. */
+export async function emitJobEvents(db: TestDb, userId: string, job: string, from: number, n: number, perTx = 1) {
+  for (let i = 0; i < n; i += perTx) {
+    const k = Math.min(perTx, n - i);
+    await db.admin.query(
+      `select app_hidden.emit_event($1, 'job', $2, 'job.run_succeeded', jsonb_build_object('n', g)) from generate_series($3::int, $4::int) g`,
+      [userId, job, from + i, from + i + k - 1]);
+  }
+}
+
+export async function createChannel(url: string, user: TestUser, name: string, sources: unknown[], extra: Record<string, unknown> = {}) {
+  const r = await gql(url, `mutation($i: CreateChannelInput!){ createChannel(input: $i) { channel { id name retention { days } retentionCount } } }`,
+    { i: { name, sources, ...extra } }, user.token);
+  return r;
+}
+
+export interface SseEvent { id: string; event: string; data: string }
+
+/**
+ * A raw SSE reader (fetch): collects events and comments, reports when the
+ * stream ends. No reconnection: tests of closing and headers use it.
+ */
+export function openSse(url: string, headers: Record<string, string> = {}) {
+  const ctl = new AbortController();
+  const events: SseEvent[] = [];
+  const state = { status: 0, headers: new Headers(), ended: false, body: "", error: null as Error | null };
+  const done = (async () => {
+    try {
+      const r = await fetch(url, { headers: { accept: "text/event-stream", ...headers }, signal: ctl.signal });
+      state.status = r.status;
+      state.headers = r.headers;
+      const reader = r.body!.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const chunk = dec.decode(value, { stream: true });
+        state.body += chunk;
+        buf += chunk;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const ev: SseEvent = { id: "", event: "message", data: "" };
+          let has = false;
+          for (const line of block.split("\n")) {
+            const m = /^([a-z-]+): ?(.*)$/i.exec(line);
+            if (!m) continue;
+            if (m[1] === "id") ev.id = m[2];
+            else if (m[1] === "event") ev.event = m[2];
+            else if (m[1] === "data") { ev.data = m[2]; has = true; }
+          }
+          if (has) events.push(ev);
+        }
+      }
+    } catch (e) {
+      if ((e as Error).name !== "AbortError") state.error = e as Error;
+    } finally {
+      state.ended = true;
+    }
+  })();
+  return { events, state, done, close: () => ctl.abort() };
+}

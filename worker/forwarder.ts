@@ -1,0 +1,220 @@
+/**
+ * The event forwarder: database event log → every Pushpin instance.
+ *
+ * One LISTEN connection on 'tdc_events' wakes it; a 1 s poll wakes it anyway,
+ * so a lost NOTIFY (or a listener that was away) never loses an event, and a
+ * NOTIFY anyone sends (payload included) is only ever a reason to look at the
+ * tables. Each cycle reads, per channel, the events after its cursor in order,
+ * publishes them in batches (≤ 100 items and ~900 kB, under Pushpin's 1 MB body limit) with
+ * `id` = seq and `prev-id` = seq-1 to every publish URL, and advances the
+ * cursor only after all of them answered 200. A failure is retried with
+ * backoff, never skipped; a crash re-publishes at most one batch, which
+ * Pushpin's prev-id check (and the subscriber's Last-Event-ID) makes harmless.
+ *
+ * Only one forwarder publishes at a time (session advisory lock on the LISTEN
+ * connection): a second worker process waits as a hot standby.
+ */
+import pg from "pg";
+import { logger } from "../server/log.ts";
+import { sseEvent } from "../server/grip.ts";
+
+const LOCK_KEY = 0x7464_6366; // 'tdcf'
+const MAX_BODY = 900_000;
+// Pushpin queues at most 100 published items per held stream while it writes to a slow
+// client (PUBLISH_QUEUE_MAX) and drops the rest (repaired later through the Grip-Link, but
+// slowly): publishing at most this many per request keeps a burst within that queue.
+const MAX_ITEMS = 100;
+const EVENTS_PER_CHANNEL = 2000;
+
+export interface ForwarderOptions {
+  ownerUrl: string;
+  publishUrls: string[];
+  pollMs?: number;
+}
+
+interface Item { channel: string; id?: string; "prev-id"?: string; formats: Record<string, unknown> }
+
+export class Forwarder {
+  private pool: pg.Pool;
+  private listener: pg.Client | null = null;
+  private leader = false;
+  private stopped = false;
+  private wake: (() => void) | null = null;
+  private dirty = true;
+  private loopDone: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private dbName = "";
+  /** Published events since start (for tests and benchmarks). */
+  published = 0;
+
+  constructor(private opts: ForwarderOptions) {
+    this.pool = new pg.Pool({ connectionString: opts.ownerUrl, max: 2, application_name: "tdc-worker" });
+    this.pool.on("error", (err) => logger.warn({ err: err.message }, "forwarder pool client error"));
+  }
+
+  async start() {
+    if (!this.opts.publishUrls.length) {
+      logger.warn("forwarder: no Pushpin publish URL configured; events stay in the log until one is");
+    }
+    this.timer = setInterval(() => this.poke(), this.opts.pollMs ?? 1000);
+    this.loopDone = this.loop();
+  }
+
+  async stop() {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.poke();
+    await this.loopDone;
+    await this.listener?.end().catch(() => {});
+    await this.pool.end().catch(() => {});
+  }
+
+  private poke() {
+    this.dirty = true;
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /** Connect the LISTEN connection and try to become the publishing forwarder. */
+  private async ensureListener() {
+    if (this.listener) return;
+    const c = new pg.Client({ connectionString: this.opts.ownerUrl, application_name: "tdc-worker" });
+    const lost = () => {
+      if (this.listener === c) {
+        this.listener = null;
+        this.leader = false;
+        if (!this.stopped) logger.warn("forwarder: LISTEN connection lost; reconnecting (polling meanwhile)");
+      }
+    };
+    c.on("error", lost);
+    c.on("end", lost);
+    c.on("notification", () => this.poke());
+    await c.connect();
+    await c.query("listen tdc_events");
+    this.dbName = (await c.query("select current_database() as d")).rows[0].d;
+    this.listener = c;
+  }
+
+  private async ensureLeader(): Promise<boolean> {
+    await this.ensureListener();
+    if (!this.leader && this.listener) {
+      const { rows } = await this.listener.query("select pg_try_advisory_lock($1) as ok", [LOCK_KEY]);
+      this.leader = rows[0].ok;
+      if (this.leader) logger.info("forwarder: publishing");
+    }
+    return this.leader;
+  }
+
+  private async loop() {
+    let backoff = 0;
+    while (!this.stopped) {
+      if (!this.dirty) {
+        await new Promise<void>((r) => (this.wake = r));
+        continue;
+      }
+      this.dirty = false;
+      try {
+        if (await this.ensureLeader()) {
+          // Keep going while there is more than one batch waiting.
+          while (!this.stopped && (await this.cycle())) { /* more */ }
+        }
+        backoff = 0;
+      } catch (e) {
+        backoff = Math.min(backoff ? backoff * 2 : 100, 5000);
+        logger.warn({ err: (e as Error).message, retryInMs: backoff }, "forwarder: cycle failed; retrying");
+        this.dirty = true;
+        await new Promise((r) => setTimeout(r, backoff));
+      }
+    }
+  }
+
+  /** One pass: pending re-checks, then new events. Returns true when more events are waiting. */
+  private async cycle(): Promise<boolean> {
+    if (!this.opts.publishUrls.length) return false; // nowhere to publish: the cursor must not move
+    // Re-checks first: a hint makes Pushpin re-request every held stream's Grip-Link on that
+    // channel, and the origin ends those that may no longer be served (see routes/stream.ts).
+    const rechecks = await this.pool.query("select id, grip_channel from app_private.stream_rechecks order by id limit 1000");
+    if (rechecks.rows.length) {
+      const channels = [...new Set(rechecks.rows.map((r) => r.grip_channel as string))];
+      await this.publish(channels.map((channel) => ({ channel, formats: { "http-stream": { action: "hint" } } })));
+      await this.pool.query("delete from app_private.stream_rechecks where id = any($1::bigint[])", [rechecks.rows.map((r) => r.id)]);
+    }
+    // Channels whose head is past the cursor, and their next events in order.
+    const { rows } = await this.pool.query(
+      `select p.channel_id, e.seq, e.type, e.data::text as data
+         from (select h.channel_id, coalesce(f.seq, 0) as cursor
+                 from app_private.channel_heads h
+                 left join app_private.forwarder_cursors f on f.channel_id = h.channel_id
+                where h.last_seq > coalesce(f.seq, 0)) p
+         cross join lateral (
+           select e.seq, e.type, e.data from app_private.events e
+            where e.channel_id = p.channel_id and e.seq > p.cursor
+            order by e.seq limit $1) e
+        order by p.channel_id, e.seq`, [EVENTS_PER_CHANNEL]);
+    if (!rows.length) return false;
+    let batch: Item[] = [];
+    let bytes = 0;
+    const upto = new Map<string, string>();
+    const flush = async () => {
+      if (!batch.length) return;
+      await this.publish(batch);
+      await this.pool.query(
+        // A channel deleted meanwhile has no cursor to move (its rows are gone).
+        `insert into app_private.forwarder_cursors as f (channel_id, seq, updated_at)
+           select u.id, u.seq, now() from unnest($1::bigint[], $2::bigint[]) as u(id, seq)
+            where exists (select 1 from app_public.channels c where c.id = u.id)
+         on conflict (channel_id) do update set seq = greatest(f.seq, excluded.seq), updated_at = now()`,
+        [[...upto.keys()], [...upto.values()]]);
+      this.published += batch.length;
+      batch = [];
+      bytes = 0;
+      upto.clear();
+    };
+    for (const r of rows) {
+      const seq = Number(r.seq);
+      const item: Item = {
+        channel: `tdc-${this.dbName}-${r.channel_id}`,
+        id: String(seq),
+        "prev-id": String(seq - 1),
+        formats: { "http-stream": { content: sseEvent(seq, r.type, r.data) } },
+      };
+      const size = JSON.stringify(item).length + 1;
+      if (bytes + size > MAX_BODY || batch.length >= MAX_ITEMS) await flush();
+      batch.push(item);
+      bytes += size;
+      upto.set(String(r.channel_id), String(seq));
+    }
+    await flush();
+    return rows.length >= EVENTS_PER_CHANNEL;
+  }
+
+  /** POST the items to every Pushpin; resolves only when all accepted (retries with backoff). */
+  private async publish(items: Item[]) {
+    const body = JSON.stringify({ items });
+    let pending = [...this.opts.publishUrls];
+    let delay = 100;
+    while (pending.length) {
+      const results = await Promise.all(pending.map(async (url) => {
+        try {
+          const r = await fetch(url, {
+            method: "POST", headers: { "content-type": "application/json" }, body,
+            signal: AbortSignal.timeout(10_000),
+          });
+          const text = await r.text();
+          if (r.status !== 200) logger.warn({ url, status: r.status, body: text.slice(0, 200) }, "forwarder: publish refused");
+          return r.status === 200;
+        } catch (e) {
+          logger.warn({ url, err: (e as Error).message }, "forwarder: publish failed");
+          return false;
+        }
+      }));
+      pending = pending.filter((_, i) => !results[i]);
+      if (!pending.length) return;
+      if (this.stopped) throw new Error("forwarder stopping with unpublished events");
+      // Re-sending to instances that already accepted is not needed: only the failed ones are retried.
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+}
