@@ -119,7 +119,10 @@ function subscribe(base: string, channel: string, token: string, after?: number)
           const now = performance.now();
           const id = Number(block.slice(4, block.indexOf("\n")));
           if (id <= sub.last) sub.dupes++;
-          else if (id !== sub.last + 1) sub.disorder++;
+          else if (id !== sub.last + 1) {
+            sub.disorder++;
+            if (process.env.BENCH_DEBUG) log("jump", { from: sub.last, to: id, block: block.slice(0, 120) });
+          }
           if (id > sub.last) { sub.last = id; sub.count++; }
           if (recording) {
             const m = /"k": (\d+)/.exec(block);
@@ -171,7 +174,7 @@ const pushpin = await startPushpin({
 });
 const childEnv = {
   TDC_AUTHENTICATOR_URL: authUrl, TDC_OWNER_URL: ownerUrl, TDC_PUBLISH_URLS: pushpin.publishUrl,
-  TDC_GRIP_SIG_KEY: gripSigKey, TDC_SERVER_PORT: String(serverPort), LOG_LEVEL: "warn",
+  TDC_GRIP_SIG_KEY: gripSigKey, TDC_SERVER_PORT: String(serverPort), LOG_LEVEL: process.env.BENCH_CHILD_LOG_LEVEL || "warn",
 };
 const server = spawnTs("server/index.ts", { ...childEnv, TDC_SERVICE: "server" });
 const worker = spawnTs("worker/index.ts", { ...childEnv, TDC_SERVICE: "worker" });

@@ -378,7 +378,7 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
      and exists (select 1 from app_public.channels c
                   where c.id = p_channel_id and c.user_id = (app_hidden.require_user()).id)
    order by e.seq
-   limit least(greatest(p_limit, 1), 5000)
+   limit least(greatest(p_limit, 1), 20001)
 $$;
 comment on function app_hidden.stream_events(bigint, bigint, integer) is 'For the SSE route: up to p_limit events of one of the caller''s channels after p_after, in order.';
 revoke all on function app_hidden.stream_events(bigint, bigint, integer) from public;
