@@ -242,7 +242,15 @@ try {
     log("latency: subscribers connected", { n: subs.length, perTx });
     recording = true;
     const t0 = performance.now();
+    // Forwarder lag (events committed but not yet accepted by Pushpin), sampled every second.
+    const lagSamples: number[] = [];
+    const lagTimer = setInterval(async () => {
+      const { rows } = await admin.query(`select h.last_seq - coalesce(f.seq, 0) as lag from app_private.channel_heads h
+        join app_public.channels c on c.id = h.channel_id left join app_private.forwarder_cursors f on f.channel_id = h.channel_id where c.name = $1`, [chan]);
+      lagSamples.push(Number(rows[0]?.lag ?? 0));
+    }, 1000);
     await produce(user.id, chan, RATE, SECONDS, 1, perTx);
+    clearInterval(lagTimer);
     const produceS = (performance.now() - t0) / 1000;
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && subs.some((s) => s.count < total)) await sleep(100);
@@ -257,6 +265,7 @@ try {
       latency_ms: { p50: round(pct(lat, 50)), p90: round(pct(lat, 90)), p99: round(pct(lat, 99)), p999: round(pct(lat, 99.9)), max: round(pct(lat, 100)) },
       commit_ack_to_receipt_ms: { p50: round(pct(la, 50)), p90: round(pct(la, 90)), p99: round(pct(la, 99)), max: round(pct(la, 100)) },
       statement_send_to_commit_ack_ms: { p50: round(pct(commitMs, 50)), p99: round(pct(commitMs, 99)) },
+      forwarder_lag_events: { median: pct(lagSamples, 50), max: pct(lagSamples, 100) },
     };
     results.latency.push(r);
     log("latency done", r);

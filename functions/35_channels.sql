@@ -348,41 +348,47 @@ comment on function app_public.drop_channel(text) is
   E'@resultFieldName success\nDelete a channel and its stored events; its open streams are closed.';
 grant execute on function app_public.drop_channel(text) to tdc_user;
 
--- The caller's channel by name, with its log bounds; TDC03 if it is not theirs.
+-- The caller's channel by name, with its log bounds; TDC03 if it is not theirs. `published` is
+-- the forwarder's cursor: every id up to it reached Pushpin, and it is always the last id of a
+-- published item, so a stream held there continues exactly with the next item Pushpin gets.
+drop function if exists app_hidden.stream_open(text);
 create or replace function app_hidden.stream_open(p_name text,
-  out channel_id bigint, out grip_channel text, out head bigint, out pruned_through bigint)
+  out channel_id bigint, out grip_channel text, out head bigint, out pruned_through bigint, out published bigint)
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_user app_public.users := app_hidden.require_user();
 begin
-  select c.id, app_hidden.grip_channel(c.id), coalesce(h.last_seq, 0), coalesce(h.pruned_through, 0)
-    into channel_id, grip_channel, head, pruned_through
-    from app_public.channels c left join app_private.channel_heads h on h.channel_id = c.id
+  select c.id, app_hidden.grip_channel(c.id), coalesce(h.last_seq, 0), coalesce(h.pruned_through, 0), coalesce(f.seq, 0)
+    into channel_id, grip_channel, head, pruned_through, published
+    from app_public.channels c
+    left join app_private.channel_heads h on h.channel_id = c.id
+    left join app_private.forwarder_cursors f on f.channel_id = c.id
    where c.user_id = v_user.id and c.name = p_name;
   if channel_id is null then
     raise exception 'No channel named "%"', p_name using errcode = 'TDC03';
   end if;
 end $$;
-comment on function app_hidden.stream_open(text) is 'For the SSE route: the caller''s channel by name (TDC03 otherwise), its Pushpin channels and its log bounds.';
+comment on function app_hidden.stream_open(text) is 'For the SSE route: the caller''s channel by name (TDC03 otherwise), its Pushpin channel, its log bounds and how far the forwarder has published.';
 revoke all on function app_hidden.stream_open(text) from public;
 grant execute on function app_hidden.stream_open(text) to tdc_user;
 
--- Events after a sequence number, oldest first, as text ready for SSE (the caller's channels only).
-create or replace function app_hidden.stream_events(p_channel_id bigint, p_after bigint, p_limit integer)
+-- Events after a sequence number up to another, oldest first, as text ready for SSE (the caller's channels only).
+drop function if exists app_hidden.stream_events(bigint, bigint, integer);
+create or replace function app_hidden.stream_events(p_channel_id bigint, p_after bigint, p_upto bigint, p_limit integer)
 returns table (seq bigint, type text, data text)
 language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   select e.seq, e.type, e.data::text
     from app_private.events e
    where e.channel_id = p_channel_id
-     and e.seq > p_after
+     and e.seq > p_after and e.seq <= p_upto
      and exists (select 1 from app_public.channels c
                   where c.id = p_channel_id and c.user_id = (app_hidden.require_user()).id)
    order by e.seq
    limit least(greatest(p_limit, 1), 20001)
 $$;
-comment on function app_hidden.stream_events(bigint, bigint, integer) is 'For the SSE route: up to p_limit events of one of the caller''s channels after p_after, in order.';
-revoke all on function app_hidden.stream_events(bigint, bigint, integer) from public;
-grant execute on function app_hidden.stream_events(bigint, bigint, integer) to tdc_user;
+comment on function app_hidden.stream_events(bigint, bigint, bigint, integer) is 'For the SSE route: up to p_limit events of one of the caller''s channels with p_after < seq <= p_upto, in order.';
+revoke all on function app_hidden.stream_events(bigint, bigint, bigint, integer) from public;
+grant execute on function app_hidden.stream_events(bigint, bigint, bigint, integer) to tdc_user;
 
 create or replace function app_public.events(channel text, after bigint default 0, first integer default 100)
 returns app_public.channel_event[]

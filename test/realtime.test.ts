@@ -14,7 +14,7 @@ import { createConnection } from "node:net";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
 import { startStack, startTestPushpin, signUp, gql, type Stack, type TestUser } from "./helpers/stack.ts";
 import { eventually } from "./helpers/wait.ts";
-import { asUser, createChannel, emitJobEvents, openSse } from "./helpers/realtime.ts";
+import { asUser, createChannel, emitJobEvents, openSse, waitPublished } from "./helpers/realtime.ts";
 import { startWorker } from "../worker/index.ts";
 import type { Pushpin } from "../server/devstack/pushpin.ts";
 
@@ -76,6 +76,7 @@ test("events reach subscribers on both Pushpin instances in order; replay bytes 
 test("replay after Last-Event-ID (header or ?lastEventId=), paged past 1000 events, then live", async (t) => {
   t.falsy((await createChannel(stack.url, a, "replay", [{ kind: "job", name: "r" }])).errors);
   await emitJobEvents(db, a.id, "r", 1, 2500, 500);
+  await waitPublished(db, "replay", 2500);
   const viaHeader = openSse(streamUrl(stack.url, "replay"), { ...bearer(a), "last-event-id": "7" });
   const viaQuery = openSse(streamUrl(stack.url, "replay", `?lastEventId=2400&access_token=${a.token}`));
   await eventually(async () => viaHeader.events.length >= 2493 && viaQuery.events.length >= 100, 20_000);
@@ -95,6 +96,7 @@ test("replay after Last-Event-ID (header or ?lastEventId=), paged past 1000 even
 test("an id older than retention gets one reset event, then the stream continues live", async (t) => {
   t.falsy((await createChannel(stack.url, a, "pruned", [{ kind: "job", name: "p" }], { retentionCount: 3 })).errors);
   await emitJobEvents(db, a.id, "p", 1, 10, 10);
+  await waitPublished(db, "pruned", 10);
   await db.admin.query("select app_private.prune_events()");
   const s = openSse(streamUrl(stack.url, "pruned"), { ...bearer(a), "last-event-id": "2" });
   await eventually(async () => s.events.length >= 1);
@@ -187,6 +189,7 @@ test("only Pushpin may open streams: the origin refuses requests without a valid
   t.is(wrongIss.status, 403);
   // Signed like Pushpin signs: the GRIP instructions Pushpin acts on.
   await emitJobEvents(db, a.id, "s", 1, 2);
+  await waitPublished(db, "sig", 2);
   const ok = await fetch(streamUrl(origin, "sig"), { headers: { ...bearer(a), "grip-sig": gripSig(stack.sigKey), "last-event-id": "1" } });
   t.is(ok.status, 200);
   t.is(ok.headers.get("grip-hold"), "stream");
@@ -244,7 +247,7 @@ test("publishing is loopback-only: the rendered Pushpin config binds 127.0.0.1 a
   t.false(reached, `publish port ${port} must not accept connections on ${external.address}`);
 });
 
-test("a subscriber gap is repaired from the log (Pushpin fetches the Grip-Link), paged when large, without duplicates", async (t) => {
+test("a 2,503-event gap is repaired from the log (Pushpin fetches the Grip-Link) in order, without duplicates", async (t) => {
   t.falsy((await createChannel(stack.url, a, "gappy", [{ kind: "job", name: "x" }])).errors);
   const s = openSse(streamUrl(stack.url, "gappy"), bearer(a));
   await eventually(async () => s.state.status === 200);

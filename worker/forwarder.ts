@@ -5,8 +5,9 @@
  * so a lost NOTIFY (or a listener that was away) never loses an event, and a
  * NOTIFY anyone sends (payload included) is only ever a reason to look at the
  * tables. Each cycle reads, per channel, the events after its cursor in order,
- * publishes them in batches (≤ 100 items and ~900 kB, under Pushpin's 1 MB body limit) with
- * `id` = seq and `prev-id` = seq-1 to every publish URL, and advances the
+ * publishes them — consecutive events of a channel grouped into one item (≤ 64 kB) with
+ * `id` = its last seq and `prev-id` = the seq before its first — in requests of ≤ 100 items
+ * and ~900 kB (Pushpin's body limit is 1 MB) to every publish URL, and advances the
  * cursor only after all of them answered 200. A failure is retried with
  * backoff, never skipped; a crash re-publishes at most one batch, which
  * Pushpin's prev-id check (and the subscriber's Last-Event-ID) makes harmless.
@@ -24,6 +25,8 @@ const MAX_BODY = 900_000;
 // client (PUBLISH_QUEUE_MAX) and drops the rest (repaired later through the Grip-Link, but
 // slowly): publishing at most this many per request keeps a burst within that queue.
 const MAX_ITEMS = 100;
+/** Largest content of one item (several events of a channel). */
+const ITEM_BYTES = 64 * 1024;
 const EVENTS_PER_CHANNEL = 2000;
 
 export interface ForwarderOptions {
@@ -171,20 +174,32 @@ export class Forwarder {
       bytes = 0;
       upto.clear();
     };
-    for (const r of rows) {
-      const seq = Number(r.seq);
+    // Consecutive events of a channel travel as one Pushpin item (id = its last seq, prev-id =
+    // the seq before its first): per-stream queues in Pushpin hold 100 items, so at high rates
+    // one item per event overflowed them and pushed streams into repeated repairs.
+    let cur: { channel: string; channelId: string; first: number; last: number; content: string } | null = null;
+    const close = async () => {
+      if (!cur) return;
       const item: Item = {
-        channel: `tdc-${this.dbName}-${r.channel_id}`,
-        id: String(seq),
-        "prev-id": String(seq - 1),
-        formats: { "http-stream": { content: sseEvent(seq, r.type, r.data) } },
+        channel: cur.channel, id: String(cur.last), "prev-id": String(cur.first - 1),
+        formats: { "http-stream": { content: cur.content } },
       };
       const size = JSON.stringify(item).length + 1;
       if (bytes + size > MAX_BODY || batch.length >= MAX_ITEMS) await flush();
       batch.push(item);
       bytes += size;
-      upto.set(String(r.channel_id), String(seq));
+      upto.set(cur.channelId, String(cur.last));
+      cur = null;
+    };
+    for (const r of rows) {
+      const seq = Number(r.seq);
+      const ev = sseEvent(seq, r.type, r.data);
+      const channelId = String(r.channel_id);
+      if (cur && (cur.channelId !== channelId || cur.last !== seq - 1 || cur.content.length + ev.length > ITEM_BYTES)) await close();
+      if (!cur) cur = { channel: `tdc-${this.dbName}-${channelId}`, channelId, first: seq, last: seq, content: ev };
+      else { cur.last = seq; cur.content += ev; }
     }
+    await close();
     await flush();
     return rows.length >= EVENTS_PER_CHANNEL;
   }

@@ -91,7 +91,7 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       await client.query("select set_config('role', $1, true), set_config('tdc.session_id', $2, true)", [auth.role, auth.sessionId ?? ""]);
       let open;
       try {
-        open = (await client.query("select channel_id, grip_channel, head, pruned_through from app_hidden.stream_open($1)", [name])).rows[0];
+        open = (await client.query("select channel_id, grip_channel, head, pruned_through, published from app_hidden.stream_open($1)", [name])).rows[0];
       } catch (e: any) {
         await client.query("rollback");
         if (e.code === "TDC03") return refuse({ status: 404, code: "TDC03", message: `No channel named "${name}"` });
@@ -101,18 +101,22 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       gripChannel = open.grip_channel;
       const head = Number(open.head);
       const pruned = Number(open.pruned_through);
+      // Answers end at what the forwarder has published (an item boundary): the stream is then
+      // held exactly where the next item Pushpin receives begins, so it continues live without
+      // another repair. Events committed after that arrive as live items.
+      const published = Math.min(Number(open.published), head);
       const after = requestedAfter(req, gripChannel);
       if (after === null) {
-        lastSent = head; // a new subscriber starts with what comes next
+        lastSent = published; // a new subscriber starts with what comes next
       } else if (Number.isNaN(after) || after < pruned || after > head) {
         // The events after `after` are gone (retention) or never existed here: say so once.
-        body += sseEvent(head, "reset", JSON.stringify({ reason: after > head ? "unknown_id" : "retention", requested: Number.isNaN(after) ? null : after, oldest: pruned + 1, latest: head }));
-        lastSent = head;
+        body += sseEvent(published, "reset", JSON.stringify({ reason: after > head ? "unknown_id" : "retention", requested: Number.isNaN(after) ? null : after, oldest: pruned + 1, latest: published }));
+        lastSent = published;
       } else {
         lastSent = after;
         const [maxEvents, maxBytes] = isLink ? [REPAIR_EVENTS, REPAIR_BYTES] : [PAGE_EVENTS, PAGE_BYTES];
-        const { rows } = await client.query("select seq, type, data from app_hidden.stream_events($1, $2, $3)",
-          [open.channel_id, after, maxEvents + 1]);
+        const { rows } = await client.query("select seq, type, data from app_hidden.stream_events($1, $2, $3, $4)",
+          [open.channel_id, after, published, maxEvents + 1]);
         let bytes = 0;
         for (let i = 0; i < rows.length; i++) {
           if (i >= maxEvents || (bytes >= maxBytes && i > 0)) { more = true; break; }

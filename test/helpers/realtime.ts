@@ -87,3 +87,15 @@ export function openSse(url: string, headers: Record<string, string> = {}) {
   })();
   return { events, state, done, close: () => ctl.abort() };
 }
+
+/** Wait until the forwarder has published a channel's events up to `seq` (its cursor). */
+export async function waitPublished(db: TestDb, channel: string, seq: number, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const { rows } = await db.admin.query(
+      "select coalesce(f.seq, 0) as seq from app_public.channels c left join app_private.forwarder_cursors f on f.channel_id = c.id where c.name = $1", [channel]);
+    if (Number(rows[0]?.seq ?? 0) >= seq) return;
+    if (Date.now() > deadline) throw new Error(`forwarder did not publish ${channel} up to ${seq} within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
