@@ -35,7 +35,7 @@ export interface ForwarderOptions {
   pollMs?: number;
 }
 
-interface Item { channel: string; id?: string; "prev-id"?: string; formats: Record<string, unknown> }
+interface Item { channel: string; id?: string; "prev-id"?: string; "no-seq"?: boolean; formats: Record<string, unknown> }
 
 export class Forwarder {
   private pool: pg.Pool;
@@ -182,6 +182,9 @@ export class Forwarder {
       if (!cur) return;
       const item: Item = {
         channel: cur.channel, id: String(cur.last), "prev-id": String(cur.first - 1),
+        // We publish in order over one connection: Pushpin's re-ordering buffer would only hold
+        // items back (up to message_wait) after a repair reset its idea of the last id.
+        "no-seq": true,
         formats: { "http-stream": { content: cur.content } },
       };
       const size = JSON.stringify(item).length + 1;
@@ -207,6 +210,7 @@ export class Forwarder {
   /** POST the items to every Pushpin; resolves only when all accepted (retries with backoff). */
   private async publish(items: Item[]) {
     const body = JSON.stringify({ items });
+    if (logger.isLevelEnabled("debug")) logger.debug({ items: items.map((i) => `${i.channel}:${i["prev-id"] ?? ""}->${i.id ?? ""}`) }, "forwarder: publishing");
     let pending = [...this.opts.publishUrls];
     let delay = 100;
     while (pending.length) {
