@@ -16,7 +16,8 @@
  * Env knobs: BENCH_PER_TX ("1,10": events per transaction in the latency runs), BENCH_SECONDS (30), BENCH_RATE (1000), BENCH_SUBS (100),
  * BENCH_FANOUT (subscriber counts tried in turn, "1000,3000,10000"; it stops
  * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10),
- * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout").
+ * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"), BENCH_FANOUT_ALL=1 (try every
+ * step), BENCH_OUT (results file name, "realtime").
  */
 import http from "node:http";
 import { execFileSync } from "node:child_process";
@@ -37,6 +38,7 @@ const SUBS = env("BENCH_SUBS", 100);
 const FANOUT_STEPS = String(process.env.BENCH_FANOUT || "1000,3000,10000").split(",").map(Number);
 const FANOUT_RATE = env("BENCH_FANOUT_RATE", 10);
 const BURST = env("BENCH_BURST", 20000);
+const OUT = process.env.BENCH_OUT || "realtime";   // results file name under bench/results
 const PER_TX = String(process.env.BENCH_PER_TX || "1,10").split(",").map(Number);
 const PHASES = String(process.env.BENCH_PHASES || "latency,throughput,fanout").split(",");
 
@@ -350,7 +352,7 @@ try {
     log("fan-out done", r);
     for (const s of subs) s.req.destroy();
     await sleep(2000);
-    if (r.subscribers < FANOUT || r.not_delivered_within_30s_after > 0 || r.latency_ms.p99 > 1000) break;
+    if (!process.env.BENCH_FANOUT_ALL && (r.subscribers < FANOUT || r.not_delivered_within_30s_after > 0 || r.latency_ms.p99 > 1000)) break;
   }
 } catch (e) {
   log("benchmark failed", { err: (e as Error).stack });
@@ -364,7 +366,7 @@ try {
 }
 
 mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
-writeFileSync(join(ROOT, "bench", "results", "realtime.json"), JSON.stringify(results, null, 2) + "\n");
+writeFileSync(join(ROOT, "bench", "results", `${OUT}.json`), JSON.stringify(results, null, 2) + "\n");
 const L = results.latency, F = results.fanout, T = results.throughput;
 const md = [
   "# Realtime benchmark (`npm run bench:realtime`)",
@@ -386,6 +388,6 @@ const md = [
     `- ratio pipeline / direct: **${T.ratio}**\n` : "",
   results.error ? `\nFAILED: ${results.error}\n` : "",
 ].join("\n");
-writeFileSync(join(ROOT, "bench", "results", "realtime.md"), md);
+writeFileSync(join(ROOT, "bench", "results", `${OUT}.md`), md);
 console.log(md);
 process.exit(exitCode);
