@@ -127,7 +127,7 @@ function subscribe(base: string, channel: string, token: string, after?: number)
           }
           if (id > sub.last) { sub.last = id; sub.count++; }
           if (recording) {
-            const m = /"k": (\d+)/.exec(block);
+            const m = /"k": ?(\d+)/.exec(block);
             if (m) {
               const sent = sendTimes[Number(m[1])];
               if (sent > 0 && latN < latencies.length) {
@@ -184,6 +184,16 @@ const admin = new pg.Pool({ connectionString: adminUrl, max: 12 });
 const base = pushpin.clientUrl;
 let exitCode = 0;
 
+/** Job sources must name a job of the user: placeholder view + job rows (never scheduled). */
+async function ensureJob(userId: string, job: string) {
+  await admin.query(
+    `with v as (insert into app_public.views (user_id, name, query) values ($1, 'fixture_' || $2, 'select 1')
+                on conflict (user_id, name) do update set updated_at = now() returning id)
+     insert into app_public.jobs (user_id, view_id, name, schedule, active)
+     select $1, v.id, $2, '0 0 1 1 *', false from v
+     where not exists (select 1 from app_public.jobs j where j.user_id = $1 and j.name = $2)`, [userId, job]);
+}
+
 async function gql(query: string, variables: any = {}, token?: string) {
   const r = await fetch(base + "/graphql", { method: "POST", headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify({ query, variables }) });
   const j: any = await r.json();
@@ -224,6 +234,7 @@ try {
   const user = (await gql(`mutation($e:String!,$p:String!){register(input:{email:$e,password:$p,handle:"bench"}){user{id}}}`, { e: email, p: password })).register.user;
   const token = (await gql(`mutation($e:String!,$p:String!){authenticate(input:{email:$e,password:$p}){jwtToken}}`, { e: email, p: password })).authenticate.jwtToken;
   for (const name of ["burst", "direct"]) {
+    await ensureJob(user.id, name);
     await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: name, j: name }, token);
   }
   const chanIds = Object.fromEntries((await admin.query("select name, id from app_public.channels")).rows.map((r) => [r.name, r.id]));
@@ -232,6 +243,7 @@ try {
   if (PHASES.includes("latency")) results.latency = [];
   for (const perTx of PHASES.includes("latency") ? PER_TX : []) {
     const chan = `lat${perTx}`;
+    await ensureJob(user.id, chan);
     await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: chan, j: chan }, token);
     const total = RATE * SECONDS;
     sendTimes = new Float64Array(total + 10);
@@ -306,7 +318,7 @@ try {
     for (let i = 0; i < BURST; i += 100) {
       const items = [];
       for (let k = i + 1; k <= Math.min(BURST, i + 100); k++) {
-        items.push({ channel: chan, id: String(k), "prev-id": String(k - 1), formats: { "http-stream": { content: `id: ${k}\nevent: job.run_succeeded\ndata: {"k": ${k}}\n\n` } } });
+        items.push({ channel: chan, id: String(k), "prev-id": String(k - 1), formats: { "http-stream": { content: `id: ${k}\nevent: job.run_succeeded\ndata: {"k":${k}}\n\n` } } });
       }
       const r = await fetch(pushpin.publishUrl, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ items }) });
       await r.text();
@@ -323,6 +335,7 @@ try {
   if (PHASES.includes("fanout")) results.fanout = [];
   for (const FANOUT of PHASES.includes("fanout") ? FANOUT_STEPS : []) {
     const job = `fan${FANOUT}`;
+    await ensureJob(user.id, job);
     await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: job, j: job }, token);
     const total = FANOUT_RATE * SECONDS;
     sendTimes = new Float64Array(total + 10);

@@ -87,7 +87,7 @@ begin
        where n.nspname = p_user.handle and c.relname = v_name;
       if v_relkind is null
          or (v_kind = 'table' and v_relkind not in ('r', 'p'))
-         or (v_kind = 'view' and v_relkind not in ('v', 'm', 'r')) then
+         or (v_kind = 'view' and v_relkind not in ('v', 'm')) then
         raise exception 'No % named "%" in your schema', v_kind, v_name using errcode = 'TDC05';
       end if;
     elsif v_kind = 'job' and to_regclass('app_public.jobs') is not null then

@@ -42,7 +42,11 @@ export function parseGripLast(header: string | string[] | undefined): Map<string
   return out;
 }
 
-/** One SSE event as Pushpin publishes it and the origin replays it: identical bytes on both paths. */
-export function sseEvent(id: string | number, type: string, data: string): string {
-  return `id: ${id}\nevent: ${type}\ndata: ${data}\n\n`;
+/**
+ * One SSE event as Pushpin publishes it and the origin replays it: identical bytes on both
+ * paths. `jsonText` is the event's jsonb as Postgres prints it; it goes out as compact JSON
+ * (Postgres puts a space after every ':' and ',').
+ */
+export function sseEvent(id: string | number, type: string, jsonText: string): string {
+  return `id: ${id}\nevent: ${type}\ndata: ${JSON.stringify(JSON.parse(jsonText))}\n\n`;
 }

@@ -6,7 +6,7 @@
 import test from "ava";
 import { createTestDb, sqlstate, type TestDb } from "./helpers/db.ts";
 import { startStack, signUp, gql, errCode, type Stack, type TestUser } from "./helpers/stack.ts";
-import { asUser, createChannel, emitJobEvents } from "./helpers/realtime.ts";
+import { asUser, createChannel, emitJobEvents, useJobFixtures } from "./helpers/realtime.ts";
 
 let db: TestDb;
 let stack: Stack;
@@ -27,6 +27,7 @@ async function channelCount(): Promise<number> {
 
 test.before(async () => {
   db = await createTestDb();
+  useJobFixtures(db);
   stack = await startStack(db);
   a = await signUp(stack.url);
   b = await signUp(stack.url);
@@ -94,6 +95,10 @@ test.serial("bad inputs fail with stable codes and change nothing", async (t) =>
     const r = await createChannel(stack.url, a, name, sources, extra);
     t.is(errCode(r), code, `${name} ${JSON.stringify(sources)} ${JSON.stringify(extra ?? {})}: ${JSON.stringify(r.errors)}`);
   }
+  // Job and view sources must name the caller's own job / view (a table is not a view).
+  const viaGql = (sources: unknown) => gql(stack.url, `mutation($s:[ChannelSourceSpecInput]!){ createChannel(input:{name:"c1", sources:$s}) { channel { id } } }`, { s: sources }, a.token);
+  t.is(errCode(await viaGql([{ kind: "job", name: "nojob" }])), "TDC05");
+  t.is(errCode(await viaGql([{ kind: "view", name: "items" }])), "TDC05");
   t.is(await channelCount(), before);
   t.deepEqual(await triggersOn(a.handle, "notes"), [], "no trigger left behind by a failed create");
   t.is(errCode(await gql(stack.url, EVENTS, { c: "nope" }, a.token)), "TDC03");

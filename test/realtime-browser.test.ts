@@ -11,7 +11,7 @@ import { createTestDb, type TestDb } from "./helpers/db.ts";
 import { startStack, signUp, gql, type Stack } from "./helpers/stack.ts";
 import { startWorker } from "../worker/index.ts";
 import { eventually } from "./helpers/wait.ts";
-import { createChannel, emitJobEvents } from "./helpers/realtime.ts";
+import { createChannel, emitJobEvents, useJobFixtures } from "./helpers/realtime.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 let db: TestDb;
@@ -21,6 +21,7 @@ let browser: Browser;
 
 test.before(async () => {
   db = await createTestDb();
+  useJobFixtures(db);
   stack = await startStack(db, { pushpin: true });
   worker = await startWorker({ ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl] });
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (npm test does this as root)`);
@@ -73,6 +74,6 @@ test("browser EventSource: live events, then a cut stream, an automatic reconnec
   await eventually(async () => (await page.evaluate(() => (window as any).got.length)) >= 8);
   const got: Array<[string, string]> = await page.evaluate(() => (window as any).got);
   t.deepEqual(got.map(([id]) => Number(id)), [1, 2, 3, 4, 5, 6, 7, 8]);
-  t.is(got[4][1], `{"n": 5}`);
+  t.is(got[4][1], `{"n":5}`);
   await page.close();
 });

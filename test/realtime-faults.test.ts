@@ -11,7 +11,7 @@ import { EventSource } from "eventsource";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
 import { freePort, freePortRange, signUp } from "./helpers/stack.ts";
 import { eventually } from "./helpers/wait.ts";
-import { createChannel, emitJobEvents } from "./helpers/realtime.ts";
+import { createChannel, emitJobEvents, useJobFixtures } from "./helpers/realtime.ts";
 import { startServer } from "../server/index.ts";
 import { startPushpin, type Pushpin, type PushpinOptions } from "../server/devstack/pushpin.ts";
 import { spawnTs, stopChild } from "../server/devstack/processes.ts";
@@ -21,7 +21,7 @@ let server: Awaited<ReturnType<typeof startServer>> | null = null;
 let pushpin: Pushpin | null = null;
 let worker: ReturnType<typeof spawnTs> | null = null;
 
-test.before(async () => { db = await createTestDb(); });
+test.before(async () => { db = await createTestDb(); useJobFixtures(db); });
 test.after.always(async () => {
   if (worker) await stopChild(worker);
   await server?.close();

@@ -14,7 +14,7 @@ import { createConnection } from "node:net";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
 import { startStack, startTestPushpin, signUp, gql, type Stack, type TestUser } from "./helpers/stack.ts";
 import { eventually } from "./helpers/wait.ts";
-import { asUser, createChannel, emitJobEvents, openSse, waitPublished } from "./helpers/realtime.ts";
+import { asUser, createChannel, emitJobEvents, openSse, waitPublished, useJobFixtures } from "./helpers/realtime.ts";
 import { startWorker } from "../worker/index.ts";
 import type { Pushpin } from "../server/devstack/pushpin.ts";
 
@@ -38,6 +38,7 @@ function gripSig(key: string, claims: Record<string, unknown> = {}) {
 
 test.before(async () => {
   db = await createTestDb();
+  useJobFixtures(db);
   stack = await startStack(db, { pushpin: true });
   pushpin2 = await startTestPushpin(stack.server.port, stack.sigKey);
   worker = await startWorker({ ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl, pushpin2.publishUrl] });
@@ -197,7 +198,7 @@ test("only Pushpin may open streams: the origin refuses requests without a valid
   t.is(ok.headers.get("grip-channel"), `${chan}; prev-id=2`);
   t.regex(ok.headers.get("grip-link") ?? "", /^<\/channels\/sig\/events\?after=2&s=[0-9a-f]{16}&access_token=[^>]+>; rel=next; timeout=\d+$/);
   t.regex(ok.headers.get("grip-keep-alive") ?? "", /^:\\n\\n; format=cstring; timeout=(1\d|20)$/);
-  t.is(await ok.text(), `retry: 1000\n\nid: 2\nevent: job.run_succeeded\ndata: {"n": 2}\n\n`);
+  t.is(await ok.text(), `retry: 1000\n\nid: 2\nevent: job.run_succeeded\ndata: {"n":2}\n\n`);
 });
 
 test("B can neither subscribe to A's channel nor get anything into it (pg_notify spoofing included)", async (t) => {
@@ -222,7 +223,7 @@ test("B can neither subscribe to A's channel nor get anything into it (pg_notify
   await emitJobEvents(db, a.id, "g", 1, 1);  // the one real event for A
   await eventually(async () => s.events.length >= 1);
   t.is(Number((await db.admin.query(countSql)).rows[0].count), 4, "A's channel got 1, B's got 3: nothing forged");
-  t.deepEqual(s.events.map((e) => [e.id, e.data]), [["1", `{"n": 1}`]]);
+  t.deepEqual(s.events.map((e) => [e.id, e.data]), [["1", `{"n":1}`]]);
   s.close();
 });
 
@@ -260,7 +261,7 @@ test("a 2,503-event gap is repaired from the log (Pushpin fetches the Grip-Link)
   const r = await fetch(stack.pushpin!.publishUrl, {
     method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ items: [{ channel: `tdc-${dbName}-${chanId}`, id: "2503", "prev-id": "2502",
-      formats: { "http-stream": { content: `id: 2503\nevent: job.run_succeeded\ndata: {"n": 2503}\n\n` } } }] }),
+      formats: { "http-stream": { content: `id: 2503\nevent: job.run_succeeded\ndata: {"n":2503}\n\n` } } }] }),
   });
   t.is(r.status, 200);
   await eventually(async () => s.events.length >= 2503, 15_000);

@@ -33,7 +33,30 @@ export async function emitJobEvents(db: TestDb, userId: string, job: string, fro
   }
 }
 
+let fixtureDb: TestDb | null = null;
+/**
+ * Job sources must name a job of the user (app_public.jobs). Tests that feed channels from
+ * "jobs" (emitting through emit_event as the owner) register the database here; createChannel
+ * then records a placeholder view + job row for each job name first (fixture rows only: no
+ * schedule runs).
+ */
+export function useJobFixtures(db: TestDb) { fixtureDb = db; }
+
+async function ensureJob(db: TestDb, userId: string, job: string) {
+  await db.admin.query(
+    `with v as (insert into app_public.views (user_id, name, query) values ($1, 'fixture_' || $2, 'select 1')
+                on conflict (user_id, name) do update set updated_at = now() returning id)
+     insert into app_public.jobs (user_id, view_id, name, schedule, active)
+     select $1, v.id, $2, '0 0 1 1 *', false from v
+     where not exists (select 1 from app_public.jobs j where j.user_id = $1 and j.name = $2)`, [userId, job]);
+}
+
 export async function createChannel(url: string, user: TestUser, name: string, sources: unknown[], extra: Record<string, unknown> = {}) {
+  if (fixtureDb) {
+    for (const s of sources as Array<{ kind?: string; name?: string }>) {
+      if (s?.kind === "job" && typeof s.name === "string" && /^[a-z_][a-z0-9_]{0,40}$/.test(s.name)) await ensureJob(fixtureDb, user.id, s.name);
+    }
+  }
   const r = await gql(url, `mutation($i: CreateChannelInput!){ createChannel(input: $i) { channel { id name retention { days } retentionCount } } }`,
     { i: { name, sources, ...extra } }, user.token);
   return r;
