@@ -66,6 +66,13 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       fail(res, f);
     };
 
+    // A resume id from the client must be one of ours: a non-negative integer. Anything else
+    // (negative, non-numeric, absurdly long) is a client bug worth a clear 400, not a reset.
+    const clientId = [req.headers["last-event-id"], req.query.lastEventId].find((v) => typeof v === "string" && v !== "");
+    if (!isLink && clientId !== undefined && !/^\d{1,15}$/.test(clientId as string)) {
+      return fail(res, { status: 400, code: "TDC06", message: "Last-Event-ID must be a non-negative integer of at most 15 digits" });
+    }
+
     let token: string | null;
     let auth: Auth;
     try {
