@@ -12,11 +12,24 @@ export function isUnavailable(e: any): boolean {
     || /Connection terminated|not queryable|ECONNREFUSED|ECONNRESET|the database system is (starting up|shutting down)/i.test(String(e?.message ?? ""));
 }
 
+/** Out of disk (53100) or other resources (class 53): the server's problem, said plainly. */
+export function resourceError(e: any): { status: number; code: string; message: string } | null {
+  const code = String(e?.code ?? "");
+  if (code === "53100") return { status: 507, code: "TDX07", message: "The server is out of disk space; nothing was changed" };
+  if (code.startsWith("53")) return { status: 503, code: "TDX05", message: "The server is out of resources right now; nothing was changed, try again shortly" };
+  return null;
+}
+
 export function installErrorHandler(app: Express) {
   app.use((err: any, req: Request, res: Response, _next: NextFunction) => {
     if (res.headersSent) { res.destroy(); return; }
     if (isUnavailable(err)) {
       res.status(503).set("retry-after", "1").json({ error: { code: "TDX01", message: "The database is unavailable right now; try again shortly" } });
+      return;
+    }
+    const res53 = resourceError(err);
+    if (res53) {
+      res.status(res53.status).json({ error: { code: res53.code, message: res53.message } });
       return;
     }
     if (err?.type === "entity.too.large" || err?.status === 413) {

@@ -16,7 +16,7 @@ import { depthLimit } from "@graphile/depth-limit";
 import { config } from "./config.ts";
 import { logger } from "./log.ts";
 import { ANONYMOUS, type Auth } from "./auth.ts";
-import { isUnavailable } from "./errors.ts";
+import { isUnavailable, resourceError } from "./errors.ts";
 import { UserSqlPlugins } from "./plugins/usersql.ts";
 
 // SQLSTATE classes a user can act on; anything else (internal, I/O, resources) is masked.
@@ -30,6 +30,14 @@ function maskError(error: GraphQLError): GraphQLError {
     return new GraphQLError(orig.message, {
       nodes: error.nodes, source: error.source, positions: error.positions, path: error.path, originalError: orig,
       extensions: { code: orig.code, ...(orig.detail ? { detail: orig.detail } : {}), ...(orig.hint ? { hint: orig.hint } : {}) },
+    });
+  }
+  const exhausted = resourceError(orig);
+  if (exhausted) {
+    logger.error({ code: orig.code, err: String(orig.message) }, "database out of resources");
+    return new GraphQLError(exhausted.message, {
+      nodes: error.nodes, source: error.source, positions: error.positions, path: error.path,
+      extensions: { code: exhausted.code },
     });
   }
   if (isUnavailable(orig)) {

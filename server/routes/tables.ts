@@ -41,7 +41,7 @@ import copyStreams from "pg-copy-streams";
 import { config } from "../config.ts";
 import { logger } from "../log.ts";
 import { authenticate, type Auth } from "../auth.ts";
-import { isUnavailable } from "../errors.ts";
+import { isUnavailable, resourceError } from "../errors.ts";
 import { firstLineEnd, splitCsvLine, columnNameFrom, TypeInferrer, type CsvDialect } from "./csv.ts";
 
 const { from: copyFrom, to: copyTo } = copyStreams;
@@ -135,6 +135,8 @@ class Meter extends Transform {
 function fromPgError(e: any): ImportError {
   const code: string = e?.code ?? "";
   if (isUnavailable(e)) return new ImportError(503, "TDX01", "The database is unavailable right now; try again shortly");
+  const exhausted = resourceError(e);
+  if (exhausted) return new ImportError(exhausted.status, exhausted.code, exhausted.message.replace("nothing was changed", "nothing was imported"));
   const detail: ImportError["detail"] = { pgCode: code };
   const where = String(e?.where ?? "").split("\n").find((l) => l.startsWith("COPY "));
   if (where) {
