@@ -19,6 +19,7 @@ let alice: TestUser;
 let bob: TestUser;
 let owner: pg.Pool;
 let firingJobId: string;
+let failingJobId: string;
 
 async function asUser(user: TestUser, sql: string) {
   const c = await db.admin.connect();
@@ -61,6 +62,13 @@ test.before(async () => {
     { uniqueKey: ["region"], refreshSchedule: "* * * * *" });
   if (r.errors) throw new Error(JSON.stringify(r.errors));
   firingJobId = (await db.admin.query("select id from app_public.jobs where name = 'every_minute'")).rows[0].id;
+  // A second job that will fail at every run (division by zero once the data changes).
+  await asUser(alice, `create table gauges (id int primary key, amount numeric not null, divisor int not null);
+    insert into gauges values (1, 10, 1), (2, 20, 2);`);
+  const f = await createView(alice, "always_failing", "select sum(amount / divisor) as q from gauges", { refreshSchedule: "* * * * *" });
+  if (f.errors) throw new Error(JSON.stringify(f.errors));
+  await asUser(alice, "update gauges set divisor = 0 where id = 1");
+  failingJobId = (await db.admin.query("select id from app_public.jobs where name = 'always_failing'")).rows[0].id;
 });
 test.after.always(async () => {
   await owner?.end();
@@ -241,4 +249,21 @@ test.serial("a scheduled job really fires under pg_cron: a run record, view.refr
   const j = listed.data.jobs.nodes.find((x: any) => x.id === firingJobId);
   t.deepEqual(j.runs.nodes[0], { id: run.id, status: "succeeded", trigger: "schedule" });
   t.true(new Date(j.nextRunAt).getTime() > Date.now() - 1000);
+});
+
+test.serial("a pg_cron job failing repeatedly: every run recorded as failed with its events, and the schedule keeps going", async (t) => {
+  // Two consecutive scheduled runs (two minute boundaries after before()).
+  const runs = await eventually(async () => {
+    const { rows } = await db.admin.query(
+      "select id, status, trigger, error from app_public.view_refreshes where job_id = $1 order by id", [failingJobId]);
+    return rows.length >= 2 && rows;
+  }, 150_000, 1000);
+  for (const run of runs.slice(0, 2)) {
+    t.like(run, { status: "failed", trigger: "schedule" });
+    t.regex(String(run.error), /division by zero/);
+    t.truthy((await events("view.refresh_failed")).find((e) => e.refreshId === Number(run.id)), "view.refresh_failed emitted");
+    t.truthy((await events("job.run_failed")).find((e) => e.refreshId === Number(run.id)), "job.run_failed emitted");
+  }
+  const { rows } = await db.admin.query("select j.active, c.active as cron_active from app_public.jobs j join cron.job c on c.jobid = j.cron_job_id where j.id = $1", [failingJobId]);
+  t.deepEqual(rows[0], { active: true, cron_active: true }, "still scheduled after repeated failures");
 });
