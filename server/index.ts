@@ -32,6 +32,8 @@ export async function startServer(opts: ServerOptions = {}) {
   const app = express();
   app.disable("x-powered-by");
   const server = createServer(app);
+  // Imports of up to 1 GiB may stream for longer than Node's default 5-minute request timeout.
+  server.requestTimeout = 60 * 60 * 1000;
 
   installHealth(app, pool, publishUrls);
   installStream(app, pool, { gripSigKey: opts.gripSigKey ?? config.gripSigKey });
