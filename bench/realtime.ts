@@ -17,7 +17,8 @@
  * BENCH_FANOUT (subscriber counts tried in turn, "1000,3000,10000"; it stops
  * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10),
  * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"), BENCH_FANOUT_ALL=1 (try every
- * step), BENCH_OUT (results file name, "realtime").
+ * step), BENCH_OUT (results file name, "realtime"), BENCH_COLD=1 (latency phase: all subscribers join
+ * the fresh channel at once instead of one first and the rest 1.5 s later).
  */
 import http from "node:http";
 import { execFileSync } from "node:child_process";
