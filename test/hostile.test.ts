@@ -36,7 +36,7 @@ async function notes(): Promise<string> {
 
 async function importCsv(body: Buffer | string, headers: Record<string, string> = {}) {
   const r = await fetch(stack.url + "/tables/notes/import", {
-    method: "POST", headers: { authorization: `Bearer ${u.token}`, "content-type": "text/csv", ...headers }, body,
+    method: "POST", headers: { authorization: `Bearer ${u.token}`, "content-type": "text/csv", ...headers }, body: body as BodyInit,
   });
   const text = await r.text();
   let json: any = null;

@@ -97,7 +97,7 @@ test("200 GraphQL clients + 2 × 100 MB imports + 1,000 SSE subscribers: no erro
   const imports = [0, 1].map(async () => {
     const t0 = Date.now();
     const r = await fetch(stack.url + "/tables/facts/import", {
-      method: "POST", headers: { authorization: `Bearer ${u.token}`, "content-type": "text/csv", "content-length": String(body.length) }, body,
+      method: "POST", headers: { authorization: `Bearer ${u.token}`, "content-type": "text/csv", "content-length": String(body.length) }, body: body as unknown as BodyInit,
     });
     return { status: r.status, body: await r.json(), ms: Date.now() - t0 };
   });
