@@ -9,7 +9,7 @@
 import test from "ava";
 import pg from "pg";
 import { CronExpressionParser } from "cron-parser";
-import { createTestDb, type TestDb } from "./helpers/db.ts";
+import { createTestDb, runAsUser, type TestDb } from "./helpers/db.ts";
 import { startStack, gql, errCode, signUp, type Stack, type TestUser } from "./helpers/stack.ts";
 import { eventually } from "./helpers/wait.ts";
 
@@ -21,21 +21,7 @@ let owner: pg.Pool;
 let firingJobId: string;
 let failingJobId: string;
 
-async function asUser(user: TestUser, sql: string) {
-  const c = await db.admin.connect();
-  try {
-    await c.query("begin");
-    await c.query(`set local role ${user.roleName}`);
-    await c.query(`set local search_path = ${user.handle}, public`);
-    await c.query(sql);
-    await c.query("commit");
-  } catch (e) {
-    await c.query("rollback");
-    throw e;
-  } finally {
-    c.release();
-  }
-}
+const asUser = (user: TestUser, sql: string) => runAsUser(db, user, sql);
 const JOB_FIELDS = "id name schedule active nextRunAt view{name}";
 const schedule = (user: TestUser, view: string, s: string) =>
   gql(stack.url, `mutation($v:String!,$s:String!){scheduleRefresh(input:{view:$v, schedule:$s}){job{${JOB_FIELDS}}}}`, { v: view, s }, user.token);

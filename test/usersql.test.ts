@@ -8,7 +8,7 @@
  */
 import test from "ava";
 import pg from "pg";
-import { createTestDb, asRole, sqlstate, type TestDb } from "./helpers/db.ts";
+import { createTestDb, asRole, sqlstate, runAsUser, type TestDb } from "./helpers/db.ts";
 import { startStack, gql, errCode, signUp, type Stack, type TestUser } from "./helpers/stack.ts";
 import { config } from "../server/config.ts";
 import { validateUserSql, UserSqlError } from "../server/usersql.ts";
@@ -21,21 +21,7 @@ let listener: pg.Client;
 let notifications = 0;
 const TIMEOUT_MS = 1000;
 
-async function asUser(user: TestUser, sql: string) {
-  const c = await db.admin.connect();
-  try {
-    await c.query("begin");
-    await c.query(`set local role ${user.roleName}`);
-    await c.query(`set local search_path = ${user.handle}, public`);
-    await c.query(sql);
-    await c.query("commit");
-  } catch (e) {
-    await c.query("rollback");
-    throw e;
-  } finally {
-    c.release();
-  }
-}
+const asUser = (user: TestUser, sql: string) => runAsUser(db, user, sql);
 
 /** Everything a hostile definition could have changed. */
 async function fingerprint(): Promise<unknown> {

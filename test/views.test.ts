@@ -6,7 +6,7 @@
  * pg_cron is absent (this database is not cron.database_name).
  */
 import test from "ava";
-import { createTestDb, type TestDb } from "./helpers/db.ts";
+import { createTestDb, runAsUser, type TestDb } from "./helpers/db.ts";
 import { startStack, gql, errCode, signUp, type Stack, type TestUser } from "./helpers/stack.ts";
 import { config } from "../server/config.ts";
 
@@ -15,21 +15,7 @@ let stack: Stack;
 let alice: TestUser;
 let bob: TestUser;
 
-async function asUser(user: TestUser, sql: string) {
-  const c = await db.admin.connect();
-  try {
-    await c.query("begin");
-    await c.query(`set local role ${user.roleName}`);
-    await c.query(`set local search_path = ${user.handle}, public`);
-    await c.query(sql);
-    await c.query("commit");
-  } catch (e) {
-    await c.query("rollback");
-    throw e;
-  } finally {
-    c.release();
-  }
-}
+const asUser = (user: TestUser, sql: string) => runAsUser(db, user, sql);
 
 const VIEW_FIELDS = "id name query columns rowCount lastRefreshedAt uniqueKey";
 const REFRESH_FIELDS = "id status trigger rowCount durationMs added removed error startedAt finishedAt";

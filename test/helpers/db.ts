@@ -85,3 +85,23 @@ export async function sqlstate(p: Promise<unknown>): Promise<string> {
   }
   throw new Error("expected the statement to fail, but it succeeded");
 }
+
+/**
+ * Run SQL as a user's own role in their own schema, committed — what their psql
+ * session would do. (Set up through the admin pool: fixtures, not the API under test.)
+ */
+export async function runAsUser(db: TestDb, user: { roleName: string; handle: string }, sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+  const c = await db.admin.connect();
+  try {
+    await c.query("begin");
+    await c.query("select set_config('role', $1, true), set_config('search_path', $2, true)", [user.roleName, `"${user.handle}", public`]);
+    const r = await c.query(sql, params);
+    await c.query("commit");
+    return r;
+  } catch (e) {
+    await c.query("rollback").catch(() => {});
+    throw e;
+  } finally {
+    c.release();
+  }
+}
