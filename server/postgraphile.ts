@@ -11,7 +11,7 @@ import { postgraphile } from "postgraphile";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { makePgService } from "postgraphile/adaptors/pg";
 import { grafserv } from "postgraphile/grafserv/express/v4";
-import { GraphQLError } from "postgraphile/graphql";
+import { GraphQLError, Kind, type ValidationContext, type ASTVisitor, type SelectionSetNode } from "postgraphile/graphql";
 import { depthLimit } from "@graphile/depth-limit";
 import { config } from "./config.ts";
 import { logger } from "./log.ts";
@@ -77,16 +77,47 @@ const TdcNamingPlugin: GraphileConfig.Plugin = {
 
 /**
  * Limits on what one GraphQL document may ask for: selection depth, nested
- * lists, self-referencing cycles. The body size is capped by maxRequestLength;
+ * lists, self-referencing cycles, and breadth (field selections, see above). The body size is capped by maxRequestLength;
  * operations that run user SQL get a statement_timeout (server/plugins/usersql.ts).
  */
+/**
+ * A cost limit depth limits miss: breadth. Counts field selections in an
+ * operation (fragments expanded, each spread counted where used), so 10,000
+ * aliases of one field are refused before anything runs.
+ */
+export const MAX_FIELDS = 1000;
+function fieldCountLimit(context: ValidationContext): ASTVisitor {
+  const count = (set: SelectionSetNode, seen: Set<string>): number => {
+    let n = 0;
+    for (const sel of set.selections) {
+      if (sel.kind === Kind.FIELD) n += 1 + (sel.selectionSet ? count(sel.selectionSet, seen) : 0);
+      else if (sel.kind === Kind.INLINE_FRAGMENT) n += count(sel.selectionSet, seen);
+      else if (!seen.has(sel.name.value)) {
+        const frag = context.getFragment(sel.name.value);
+        if (frag) { seen.add(sel.name.value); n += count(frag.selectionSet, seen); seen.delete(sel.name.value); }
+      }
+      if (n > MAX_FIELDS) return n;
+    }
+    return n;
+  };
+  return {
+    OperationDefinition(node) {
+      const n = count(node.selectionSet, new Set());
+      if (n > MAX_FIELDS) {
+        context.reportError(new GraphQLError(`Operation too large: more than ${MAX_FIELDS} field selections (aliases and fragments included)`, { nodes: [node] }));
+      }
+    },
+  };
+}
+
 const TdcLimitsPlugin: GraphileConfig.Plugin = {
   name: "TdcLimitsPlugin",
   version: "1.0.0",
   grafserv: {
     middleware: {
       setPreset(next, event) {
-        event.validationRules.push(depthLimit({ maxDepth: 12, maxListDepth: 4, maxSelfReferentialDepth: 2, revealDetails: true }));
+        event.validationRules.push(depthLimit({ maxDepth: 12, maxListDepth: 4, maxSelfReferentialDepth: 2, maxIntrospectionDepth: 16, maxDepthByFieldCoordinates: { "__Type.ofType": 10 }, revealDetails: true }));
+        event.validationRules.push(fieldCountLimit);
         return next();
       },
     },

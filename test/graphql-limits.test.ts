@@ -58,3 +58,21 @@ test("malformed JSON and non-GraphQL bodies get a 4xx", async (t) => {
     await r.arrayBuffer();
   }
 });
+
+test("breadth: thousands of aliases (or a fragment spread many times) are refused before anything runs", async (t) => {
+  const aliases = Array.from({ length: 5000 }, (_, i) => `a${i}: currentUserId`).join(" ");
+  const r = await gql(stack.url, `{ ${aliases} }`);
+  t.truthy(r.errors);
+  t.regex(r.errors![0].message, /too large/);
+  t.falsy(r.data);
+  const frag = `fragment F on Query { ${Array.from({ length: 40 }, (_, i) => `b${i}: currentUserId`).join(" ")} }`;
+  const spreads = Array.from({ length: 40 }, (_, i) => `q${i}: query { ...F }`).join(" ");
+  const r2 = await gql(stack.url, `{ ${spreads} } ${frag}`);
+  t.regex(r2.errors?.[0]?.message ?? "", /too large/);
+  const ok = await gql(stack.url, `{ ${Array.from({ length: 50 }, (_, i) => `c${i}: currentUserId`).join(" ")} }`);
+  t.falsy(ok.errors, "an ordinary wide query still works");
+  const { getIntrospectionQuery } = await import("postgraphile/graphql");
+  const intro = await gql(stack.url, getIntrospectionQuery({ descriptions: true, specifiedByUrl: true }));
+  t.falsy(intro.errors, "the IDE's full introspection query passes every limit");
+  t.truthy(intro.data.__schema.types.length > 10);
+});

@@ -50,4 +50,7 @@ test.serial("GraphQL answers through Pushpin", async (t) => {
   });
   t.is(r.status, 200);
   t.deepEqual(await r.json(), { data: { currentUser: null } });
+  const ide = await fetch(stack.url + "/graphiql", { headers: { accept: "text/html" } });
+  t.is(ide.status, 200);
+  t.regex(await ide.text(), /ruru/i, "the in-browser IDE (Ruru) is served");
 });
