@@ -3,25 +3,12 @@
  * owner, the channel GraphQL calls, and a minimal SSE reader over fetch.
  */
 import type pg from "pg";
-import type { TestDb } from "./db.ts";
+import { runAsUser, type TestDb } from "./db.ts";
 import { gql, type TestUser } from "./stack.ts";
 
 /** Run statements as the user's own role, committed (like their psql session would). */
-export async function asUser(db: TestDb, user: TestUser, sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
-  const c = await db.admin.connect();
-  try {
-    await c.query("begin");
-    await c.query("select set_config('role', $1, true)", [user.roleName]);
-    const r = await c.query(sql, params);
-    await c.query("commit");
-    return r;
-  } catch (e) {
-    await c.query("rollback").catch(() => {});
-    throw e;
-  } finally {
-    c.release();
-  }
-}
+export const asUser = (db: TestDb, user: TestUser, sql: string, params: unknown[] = []): Promise<pg.QueryResult> =>
+  runAsUser(db, user, sql, params);
 
 /** Emit `n` events (as the owner would) from a user's job source, `perTx` per transaction. */
 export async function emitJobEvents(db: TestDb, userId: string, job: string, from: number, n: number, perTx = 1) {
