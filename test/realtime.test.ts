@@ -196,9 +196,55 @@ test("only Pushpin may open streams: the origin refuses requests without a valid
   t.is(ok.headers.get("grip-hold"), "stream");
   const chan = (await db.admin.query("select app_hidden.grip_channel(id) as g from app_public.channels where name = 'sig'")).rows[0].g;
   t.is(ok.headers.get("grip-channel"), `${chan}; prev-id=2`);
-  t.regex(ok.headers.get("grip-link") ?? "", /^<\/channels\/sig\/events\?after=2&s=[0-9a-f]{16}&access_token=[^>]+>; rel=next; timeout=\d+$/);
+  const link = ok.headers.get("grip-link") ?? "";
+  t.regex(link, /^<\/channels\/sig\/events\/next\/[0-9a-f]{16}\?access_token=[^>]+>; rel=next; timeout=\d+$/);
   t.regex(ok.headers.get("grip-keep-alive") ?? "", /^:\\n\\n; format=cstring; timeout=(1\d|20)$/);
   t.is(await ok.text(), `retry: 1000\n\nid: 2\nevent: job.run_succeeded\ndata: {"n":2}\n\n`);
+  // Every stream of one token on a channel gets the same link URL, wherever it is: Pushpin
+  // fetches links in batches of up to 100 streams per distinct URL (at 10 batches/s).
+  const other = await fetch(streamUrl(origin, "sig"), { headers: { ...bearer(a), "grip-sig": gripSig(stack.sigKey) } });
+  t.is(other.headers.get("grip-link"), link);
+  await other.text();
+  // Pushpin's follow-up on that link: the position is its Grip-Last, not the URL.
+  const next = link.slice(1, link.indexOf(">"));
+  const follow = await fetch(origin + next, { headers: { "grip-sig": gripSig(stack.sigKey), "grip-last": `${chan}; last-id=0` } });
+  t.is(follow.status, 200);
+  t.is(follow.headers.get("grip-channel"), `${chan}; prev-id=2`);
+  t.is(await follow.text(), `id: 1\nevent: job.run_succeeded\ndata: {"n":1}\n\nid: 2\nevent: job.run_succeeded\ndata: {"n":2}\n\n`);
+  // Without a Grip-Last for this channel the position is unknown: one reset, then live.
+  const blind = await fetch(origin + next, { headers: { "grip-sig": gripSig(stack.sigKey) } });
+  t.regex(await blind.text(), /^id: 2\nevent: reset\ndata: \{"reason":"unknown_id","requested":null/);
+  // A link path names the token it was made for; another token (even the same user's) is refused.
+  const otherToken = (await gql(stack.url, `mutation($e:String!,$p:String!){authenticate(input:{email:$e,password:$p}){jwtToken}}`,
+    { e: a.email, p: a.password })).data.authenticate.jwtToken;
+  const swapped = await fetch(origin + next.replace(/access_token=[^&]+/, `access_token=${otherToken}`),
+    { headers: { "grip-sig": gripSig(stack.sigKey), "grip-last": `${chan}; last-id=0` } });
+  t.is(swapped.status, 400);
+  t.is((await swapped.json()).error.code, "TDC10");
+});
+
+test("concurrent long replays (paged) of two users' same-named channels, from different positions, each get exactly their own events", async (t) => {
+  // Pushpin merges concurrent link fetches whose path and Grip-Last are equal (the query is
+  // ignored): pages of different users, tokens or positions must never share an answer.
+  for (const u of [a, b]) {
+    t.falsy((await createChannel(stack.url, u, "twin", [{ kind: "job", name: "tw" }])).errors);
+    for (let i = 1; i <= 3200; i += 800) {
+      await db.admin.query(`select app_hidden.emit_event($1, 'job', 'tw', 'job.run_succeeded', jsonb_build_object('n', g, 'u', $2::text))
+        from generate_series($3::int, $4::int) g`, [u.id, u === a ? "a" : "b", i, i + 799]);
+    }
+  }
+  await eventually(async () => Number((await db.admin.query(`select count(*) from app_private.forwarder_cursors f
+    join app_public.channels c on c.id = f.channel_id where c.name = 'twin' and f.seq = 3200`)).rows[0].count) === 2, 20_000);
+  const starts = [0, 0, 150, 1000, 2001];
+  const streams = [a, b].flatMap((u) => starts.map((from, i) => ({ u, from,
+    s: openSse(streamUrl(i % 2 ? pushpin2.clientUrl : stack.url, "twin", `?access_token=${u.token}&lastEventId=${from}`)) })));
+  await eventually(async () => streams.every((x) => x.s.events.length >= 3200 - x.from), 20_000).catch(() => {});
+  for (const { u, from, s } of streams) {
+    const who = u === a ? "a" : "b";
+    t.deepEqual(s.events.filter((e) => JSON.parse(e.data).u !== who).length, 0, `${who} from ${from}: nothing of the other user`);
+    t.deepEqual(ids(s.events), range(from + 1, 3200), `${who} from ${from}`);
+    s.close();
+  }
 });
 
 test("B can neither subscribe to A's channel nor get anything into it (pg_notify spoofing included)", async (t) => {

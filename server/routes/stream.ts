@@ -8,7 +8,7 @@
  * from the event log. Long replays are paged the same way.
  */
 import type { Express, Request, Response } from "express";
-import { randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import type pg from "pg";
 import { logger } from "../log.ts";
 import { AuthError, resolveToken, tokenFrom, type Auth } from "../auth.ts";
@@ -28,27 +28,42 @@ function fail(res: Response, f: Fail) {
     .json({ error: { code: f.code, message: f.message } });
 }
 
-/** Resume point the client asked for: null = live only; NaN = unparseable (→ reset). */
-function requestedAfter(req: Request, gripChannel: string): number | null {
-  const gl = parseGripLast(req.headers["grip-last"]);
-  const after = typeof req.query.after === "string" ? req.query.after : undefined;
-  // A paging link (page=1) continues exactly where the previous page ended; Pushpin's
-  // Grip-Last still names the id of the last hold there. For a held stream's link,
-  // Grip-Last is the truth: live events have moved it past the link's `after`.
-  const candidates = [
-    req.query.page === "1" ? after : undefined,
-    gl.get(gripChannel),
-    after,
-    typeof req.headers["last-event-id"] === "string" ? req.headers["last-event-id"] : undefined,
-    typeof req.query.lastEventId === "string" ? req.query.lastEventId : undefined,
-  ];
-  const v = candidates.find((c) => c !== undefined && c !== "");
-  if (v === undefined) return null;
+/**
+ * Pushpin's follow-up requests come to link paths we hand out:
+ *  - `/channels/:name/events/next/:tag` — a held stream's next link (gap repair, idle re-check);
+ *    its position is the `Grip-Last` Pushpin sends (the prev-id it holds), never the URL;
+ *  - `/channels/:name/events/page/:tag/:after` — the next page of a long first replay, which
+ *    continues exactly at `after` (no hold yet, so no Grip-Last).
+ * Why positions live in the path and nothing per-stream does: Pushpin's handler fetches links
+ * through a limiter of 10 actions/s, each action taking up to 100 streams whose link URL is
+ * identical, and its proxy merges concurrent link fetches whose *path* and Grip-Last headers
+ * are equal (the query is ignored). So one URL per (channel, token) lets 1,000 streams/s
+ * re-sync instead of 10, and every merged answer is right for all who share it: their path
+ * names the same token (`tag`) and page position, their Grip-Last the same stream position.
+ */
+type Kind = "client" | "next" | "page";
+
+/** Short tag of a token for link paths: merged answers are only ever shared by one token's streams. */
+function tokenTag(token: string): string {
+  return createHash("sha256").update(token).digest("hex").slice(0, 16);
+}
+
+/** Resume point: null = live only; NaN = unknown (→ reset). */
+function requestedAfter(req: Request, kind: Kind, gripChannel: string): number | null {
+  const gl = parseGripLast(req.headers["grip-last"]).get(gripChannel);
+  let v: string | undefined;
+  if (kind === "page") v = String(req.params.after);
+  else if (kind === "next") v = gl ?? "";  // a held stream always sends its Grip-Last; without it we cannot know
+  else {
+    // A client request; Pushpin's retries of it carry the Grip-Last of the stream's last hold.
+    v = [gl, req.headers["last-event-id"], req.query.lastEventId].find((c): c is string => typeof c === "string" && c !== "");
+    if (v === undefined) return null;
+  }
   return /^\d{1,15}$/.test(v) ? Number(v) : NaN;
 }
 
 export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: string | null }) {
-  app.get("/channels/:name/events", async (req: Request, res: Response) => {
+  const handler = (kind: Kind) => async (req: Request, res: Response) => {
     // Only Pushpin may hold streams for us: anything else is refused.
     const sig = req.headers["grip-sig"];
     if (!verifyGripSig(typeof sig === "string" ? sig : undefined, opts.gripSigKey)) {
@@ -56,7 +71,7 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     }
     // Pushpin's own follow-up requests (gap repair, paging, idle re-check) carry Grip-Last.
     // When the stream may no longer be served, an empty answer without Grip-Hold ends it.
-    const isLink = req.headers["grip-last"] !== undefined || req.query.after !== undefined;
+    const isLink = kind !== "client" || req.headers["grip-last"] !== undefined;
     const refuse = (f: Fail) => {
       if (isLink) {
         logger.info({ code: f.code, channel: req.params.name }, "closing stream");
@@ -78,6 +93,10 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     try {
       token = tokenFrom(req);
       if (!token) return refuse({ status: 401, code: "TDA07", message: "Sign in: send Authorization: Bearer <token> or ?access_token=" });
+      // A link path names the token it was made for: any other token is refused.
+      if (kind !== "client" && req.params.tag !== tokenTag(token)) {
+        return fail(res, { status: 400, code: "TDC10", message: "This stream link belongs to another token" });
+      }
       auth = await resolveToken(pool, token);
     } catch (e) {
       if (e instanceof AuthError) return refuse({ status: 401, code: e.code, message: e.message });
@@ -112,12 +131,12 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       // held exactly where the next item Pushpin receives begins, so it continues live without
       // another repair. Events committed after that arrive as live items.
       const published = Math.min(Number(open.published), head);
-      const after = requestedAfter(req, gripChannel);
+      const after = requestedAfter(req, kind, gripChannel);
       if (after === null) {
         lastSent = published; // a new subscriber starts with what comes next
       } else if (Number.isNaN(after) || after < pruned || after > head) {
         // The events after `after` are gone (retention) or never existed here: say so once.
-        body += sseEvent(published, "reset", JSON.stringify({ reason: after > head ? "unknown_id" : "retention", requested: Number.isNaN(after) ? null : after, oldest: pruned + 1, latest: published }));
+        body += sseEvent(published, "reset", JSON.stringify({ reason: Number.isNaN(after) || after > head ? "unknown_id" : "retention", requested: Number.isNaN(after) ? null : after, oldest: pruned + 1, latest: published }));
         lastSent = published;
       } else {
         lastSent = after;
@@ -142,11 +161,9 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       client.release();
     }
 
-    // Pushpin shares one origin answer among held streams whose next link is the same URL
-    // (auto-share), although each sends its own Grip-Last: a stream id in the link keeps every
-    // stream's repair answer its own (else a stream further ahead would get duplicates).
-    const streamId = typeof req.query.s === "string" && /^[0-9a-f]{16}$/.test(req.query.s) ? req.query.s : randomBytes(8).toString("hex");
-    const link = `/channels/${encodeURIComponent(name)}/events?after=${lastSent}${more && !isLink ? "&page=1" : ""}&s=${streamId}&access_token=${encodeURIComponent(token)}`;
+    const base = `/channels/${encodeURIComponent(name)}/events`;
+    const query = `?access_token=${encodeURIComponent(token)}`;
+    const link = more && !isLink ? `${base}/page/${tokenTag(token)}/${lastSent}${query}` : `${base}/next/${tokenTag(token)}${query}`;
     res.status(200).set({
       "content-type": "text/event-stream",
       "cache-control": "no-cache",
@@ -165,9 +182,12 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
         "grip-keep-alive": `:\\n\\n; format=cstring; timeout=${KEEP_ALIVE_S}`,
       });
     }
-    logger.debug({ channel: name, link: isLink, gripLast: req.headers["grip-last"] ?? null, after: req.query.after ?? null,
-      page: req.query.page ?? null, s: req.query.s ?? null, lastSent, more }, "stream answer");
+    logger.debug({ channel: name, kind, gripLast: req.headers["grip-last"] ?? null, after: req.params.after ?? null,
+      lastSent, more }, "stream answer");
     // The first answer tells EventSource to reconnect quickly after any drop.
     res.send((isLink ? "" : "retry: 1000\n\n") + body);
-  });
+  };
+  app.get("/channels/:name/events", handler("client"));
+  app.get("/channels/:name/events/next/:tag", handler("next"));
+  app.get("/channels/:name/events/page/:tag/:after", handler("page"));
 }
