@@ -47,6 +47,16 @@ export class Forwarder {
   private loopDone: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private dbName = "";
+  /** Re-checks are looked at on the poll tick and when a hint with an empty payload says so. */
+  private recheckDue = true;
+  /**
+   * Latest seq accepted by every Pushpin, per channel id. Reads use it with the stored cursor
+   * (greatest of both), so the next cycle never waits for the cursor write of the last one.
+   */
+  private accepted = new Map<string, number>();
+  /** Accepted positions not yet stored in app_private.forwarder_cursors. */
+  private unsaved = new Map<string, number>();
+  private saving: Promise<void> = Promise.resolve();
   /** Published events since start (for tests and benchmarks). */
   published = 0;
 
@@ -59,7 +69,7 @@ export class Forwarder {
     if (!this.opts.publishUrls.length) {
       logger.warn("forwarder: no Pushpin publish URL configured; events stay in the log until one is");
     }
-    this.timer = setInterval(() => this.poke(), this.opts.pollMs ?? 1000);
+    this.timer = setInterval(() => { this.recheckDue = true; this.poke(); }, this.opts.pollMs ?? 1000);
     this.loopDone = this.loop();
   }
 
@@ -68,6 +78,7 @@ export class Forwarder {
     if (this.timer) clearInterval(this.timer);
     this.poke();
     await this.loopDone;
+    await this.saving;
     await this.listener?.end().catch(() => {});
     await this.pool.end().catch(() => {});
   }
@@ -92,7 +103,9 @@ export class Forwarder {
     };
     c.on("error", lost);
     c.on("end", lost);
-    c.on("notification", () => this.poke());
+    // Events send their channel id; re-check requests (channel dropped/renamed, token revoked)
+    // an empty payload. Anyone can NOTIFY: a payload only decides which table to look at.
+    c.on("notification", (n) => { if (!n.payload) this.recheckDue = true; this.poke(); });
     await c.connect();
     await c.query("listen tdc_events");
     this.dbName = (await c.query("select current_database() as d")).rows[0].d;
@@ -137,24 +150,29 @@ export class Forwarder {
     if (!this.opts.publishUrls.length) return false; // nowhere to publish: the cursor must not move
     // Re-checks first: a hint makes Pushpin re-request every held stream's Grip-Link on that
     // channel, and the origin ends those that may no longer be served (see routes/stream.ts).
-    const rechecks = await this.pool.query("select id, grip_channel from app_private.stream_rechecks order by id limit 1000");
-    if (rechecks.rows.length) {
-      const channels = [...new Set(rechecks.rows.map((r) => r.grip_channel as string))];
-      await this.publish(channels.map((channel) => ({ channel, formats: { "http-stream": { action: "hint" } } })));
-      await this.pool.query("delete from app_private.stream_rechecks where id = any($1::bigint[])", [rechecks.rows.map((r) => r.id)]);
+    if (this.recheckDue) {
+      this.recheckDue = false;
+      const rechecks = await this.pool.query("select id, grip_channel from app_private.stream_rechecks order by id limit 1000");
+      if (rechecks.rows.length) {
+        const channels = [...new Set(rechecks.rows.map((r) => r.grip_channel as string))];
+        await this.publish(channels.map((channel) => ({ channel, formats: { "http-stream": { action: "hint" } } })));
+        await this.pool.query("delete from app_private.stream_rechecks where id = any($1::bigint[])", [rechecks.rows.map((r) => r.id)]);
+        if (rechecks.rows.length === 1000) this.recheckDue = true;
+      }
     }
     // Channels whose head is past the cursor, and their next events in order.
     const { rows } = await this.pool.query(
       `select p.channel_id, e.seq, e.type, e.data::text as data
-         from (select h.channel_id, coalesce(f.seq, 0) as cursor
+         from (select h.channel_id, greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)) as cursor, h.last_seq
                  from app_private.channel_heads h
                  left join app_private.forwarder_cursors f on f.channel_id = h.channel_id
-                where h.last_seq > coalesce(f.seq, 0)) p
+                 left join unnest($2::bigint[], $3::bigint[]) as m(channel_id, seq) on m.channel_id = h.channel_id) p
          cross join lateral (
            select e.seq, e.type, e.data from app_private.events e
             where e.channel_id = p.channel_id and e.seq > p.cursor
             order by e.seq limit $1) e
-        order by p.channel_id, e.seq`, [EVENTS_PER_CHANNEL]);
+        where p.last_seq > p.cursor
+        order by p.channel_id, e.seq`, [EVENTS_PER_CHANNEL, [...this.accepted.keys()], [...this.accepted.values()]]);
     if (!rows.length) return false;
     let batch: Item[] = [];
     let bytes = 0;
@@ -162,13 +180,11 @@ export class Forwarder {
     const flush = async () => {
       if (!batch.length) return;
       await this.publish(batch);
-      await this.pool.query(
-        // A channel deleted meanwhile has no cursor to move (its rows are gone).
-        `insert into app_private.forwarder_cursors as f (channel_id, seq, updated_at)
-           select u.id, u.seq, now() from unnest($1::bigint[], $2::bigint[]) as u(id, seq)
-            where exists (select 1 from app_public.channels c where c.id = u.id)
-         on conflict (channel_id) do update set seq = greatest(f.seq, excluded.seq), updated_at = now()`,
-        [[...upto.keys()], [...upto.values()]]);
+      for (const [id, seq] of upto) {
+        this.accepted.set(id, Number(seq));
+        this.unsaved.set(id, Number(seq));
+      }
+      this.saveCursors();
       this.published += batch.length;
       batch = [];
       bytes = 0;
@@ -205,6 +221,36 @@ export class Forwarder {
     await close();
     await flush();
     return rows.length >= EVENTS_PER_CHANNEL;
+  }
+
+  /**
+   * Store the accepted positions (one write at a time, off the publishing path). The stream
+   * route reads them: a new subscriber is held where the next published item begins. A failed
+   * write is retried with the next one; until then Pushpin repairs such subscribers, and a
+   * restart re-publishes from the stored cursor (harmless: prev-id checks).
+   */
+  private saveCursors() {
+    this.saving = this.saving.then(async () => {
+      if (!this.unsaved.size) return;
+      const batch = new Map(this.unsaved);
+      try {
+        await this.pool.query(
+          // A channel deleted meanwhile has no cursor to move (its rows are gone).
+          `insert into app_private.forwarder_cursors as f (channel_id, seq, updated_at)
+             select u.id, u.seq, now() from unnest($1::bigint[], $2::bigint[]) as u(id, seq)
+              where exists (select 1 from app_public.channels c where c.id = u.id)
+           on conflict (channel_id) do update set seq = greatest(f.seq, excluded.seq), updated_at = now()`,
+          [[...batch.keys()], [...batch.values()]]);
+        for (const [id, seq] of batch) {
+          if (this.unsaved.get(id) === seq) this.unsaved.delete(id);
+          // Stored: reads no longer need it (keeps the parameter arrays short).
+          if (this.accepted.get(id) === seq) this.accepted.delete(id);
+        }
+      } catch (e) {
+        logger.warn({ err: (e as Error).message }, "forwarder: storing cursors failed; retrying with the next write");
+        setTimeout(() => this.saveCursors(), 500).unref();
+      }
+    });
   }
 
   /** POST the items to every Pushpin; resolves only when all accepted (retries with backoff). */
