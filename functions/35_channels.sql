@@ -7,6 +7,7 @@
 --   TDC06 invalid argument (after, first, retention)
 --   TDC07 too many channels              TDC08 requested events are past retention (resync)
 --   TDC09 (HTTP) request did not come through Pushpin (Grip-Sig missing or invalid)
+--   TDC10 (HTTP) a stream follow-up link used with another token than the one it was made for
 
 -- Pushpin channel names. The database name keeps instances (and test databases) apart.
 create or replace function app_hidden.grip_channel(p_channel_id bigint) returns text
