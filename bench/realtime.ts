@@ -15,12 +15,12 @@
  *
  * Env knobs: BENCH_PER_TX ("10,1": events per transaction in the latency runs, in that order), BENCH_SECONDS (30), BENCH_RATE (1000), BENCH_SUBS (100),
  * BENCH_FANOUT (subscriber counts tried in turn, "1000,3000,10000"; it stops
- * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10),
+ * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10), BENCH_FANOUT_PUSHPINS (1: Pushpin instances the fan-out subscribers are spread over; the worker publishes to all),
  * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"), BENCH_FANOUT_ALL=1 (try every
  * step), BENCH_OUT (results file name, "realtime"), BENCH_COLD=1 (latency phase: all subscribers join
  * the fresh channel at once instead of one first and the rest 1.5 s later).
  */
-import http from "node:http";
+import net from "node:net";
 import { execFileSync } from "node:child_process";
 import { readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -38,6 +38,7 @@ const RATE = env("BENCH_RATE", 1000);
 const SUBS = env("BENCH_SUBS", 100);
 const FANOUT_STEPS = String(process.env.BENCH_FANOUT || "1000,3000,10000").split(",").map(Number);
 const FANOUT_RATE = env("BENCH_FANOUT_RATE", 10);
+const FANOUT_PUSHPINS = env("BENCH_FANOUT_PUSHPINS", 1);
 const BURST = env("BENCH_BURST", 20000);
 const OUT = process.env.BENCH_OUT || "realtime";   // results file name under bench/results
 const PER_TX = String(process.env.BENCH_PER_TX || "10,1").split(",").map(Number);
@@ -93,7 +94,7 @@ function treeRssMb(root: number): number {
 }
 
 // ---- subscribers ----------------------------------------------------------------------------
-interface Sub { last: number; count: number; dupes: number; disorder: number; open: boolean; req: http.ClientRequest }
+interface Sub { last: number; count: number; dupes: number; disorder: number; open: boolean; req: net.Socket }
 let sendTimes: Float64Array = new Float64Array(0);   // by k (payload key)
 let ackTimes: Float64Array = new Float64Array(0);    // by k: when the commit was acknowledged
 let commitMs: number[] = [];
@@ -103,68 +104,121 @@ let latAck: Float64Array = new Float64Array(0);   // commit acknowledged → rec
 let recording = false;
 
 const SEP = Buffer.from("\n\n");
+const ID = Buffer.from("id: ");
 const K_KEY = Buffer.from('"k":');   // events carry {"k": n} (compact JSON)
 
+/**
+ * One SSE subscriber on a raw TCP socket: a plain HTTP/1.1 GET, then the response bytes are
+ * scanned for `id: N … "k":K … \n\n` blocks (chunk framing between items is skipped over).
+ * No HTTP parser, no string building: with 10,000 subscribers this process shares the 2 cores
+ * with Pushpin, and its own per-read cost would show up as delivery latency.
+ */
 function subscribe(base: string, channel: string, token: string, after?: number): Promise<Sub> {
+  const u = new URL(base);
+  const path = `/channels/${channel}/events?access_token=${encodeURIComponent(token)}${after !== undefined ? `&lastEventId=${after}` : ""}`;
   return new Promise((resolve, reject) => {
-    const sub: Sub = { last: after ?? 0, count: 0, dupes: 0, disorder: 0, open: false, req: null as any };
-    const q = `?access_token=${encodeURIComponent(token)}${after !== undefined ? `&lastEventId=${after}` : ""}`;
-    sub.req = http.get(`${base}/channels/${channel}/events${q}`, { agent: false, headers: { accept: "text/event-stream" } }, (res) => {
-      if (res.statusCode !== 200) { reject(new Error(`subscribe: HTTP ${res.statusCode}`)); res.resume(); return; }
-      sub.open = true;
-      resolve(sub);
-      // Parsed as bytes (no string building): with 10,000 subscribers this process shares the
-      // 2 cores with Pushpin, and its own parsing cost would show up as delivery latency.
-      let carry: Buffer | null = null;
-      res.on("data", (chunk: Buffer) => {
-        const buf = carry ? Buffer.concat([carry, chunk]) : chunk;
-        let pos = 0;
-        let end: number;
-        while ((end = buf.indexOf(SEP, pos)) >= 0) {
-          if (buf[pos] === 0x69 /* i */ && buf[pos + 1] === 0x64 && buf[pos + 2] === 0x3a) {  // "id:"
-            const now = performance.now();
-            let id = 0;
-            for (let i = pos + 4; i < end && buf[i] >= 0x30 && buf[i] <= 0x39; i++) id = id * 10 + buf[i] - 0x30;
-            if (id <= sub.last) sub.dupes++;
-            else if (id !== sub.last + 1) {
-              sub.disorder++;
-              if (process.env.BENCH_DEBUG) log("jump", { from: sub.last, to: id });
-            }
-            if (id > sub.last) { sub.last = id; sub.count++; }
-            if (recording) {
-              const kAt = buf.indexOf(K_KEY, pos);
-              if (kAt >= 0 && kAt < end) {
-                let k = 0;
-                for (let i = kAt + K_KEY.length; i < end && buf[i] >= 0x30 && buf[i] <= 0x39; i++) k = k * 10 + buf[i] - 0x30;
-                const sent = sendTimes[k];
-                if (sent > 0 && latN < latencies.length) {
-                  const ack = ackTimes[k];
-                  latAck[latN] = ack > 0 ? Math.max(0, now - ack) : 0;
-                  latencies[latN++] = now - sent;
-                }
-              }
+    const sock = net.connect(Number(u.port), u.hostname);
+    const sub: Sub = { last: after ?? 0, count: 0, dupes: 0, disorder: 0, open: false, req: sock };
+    let headerDone = false;
+    let carry: Buffer | null = null;   // event bytes carried over
+    sock.setNoDelay(true);
+    sock.on("connect", () => sock.write(`GET ${path} HTTP/1.1\r\nHost: ${u.host}\r\nAccept: text/event-stream\r\n\r\n`));
+    // Chunked transfer decoding (Pushpin may split an item over several chunks), then the events.
+    let chunked = false;
+    let raw: Buffer | null = null;     // undecoded bytes carried over
+    let left = -1;                     // bytes left in the current chunk; -1 = at a size line; -2 = at its CRLF
+    const decode = (buf: Buffer): Buffer[] => {
+      const out: Buffer[] = [];
+      let p = 0;
+      while (p < buf.length) {
+        if (left === -1) {
+          const nl = buf.indexOf("\r\n", p);
+          if (nl < 0) break;
+          left = parseInt(buf.subarray(p, nl).toString("latin1"), 16);
+          p = nl + 2;
+          if (left === 0) { left = -3; break; }  // last chunk: the stream ended
+        } else if (left === -2) {
+          if (buf.length - p < 2) break;
+          p += 2;
+          left = -1;
+        } else if (left > 0) {
+          const n = Math.min(left, buf.length - p);
+          out.push(buf.subarray(p, p + n));
+          p += n;
+          left -= n;
+          if (left === 0) left = -2;
+        } else break;
+      }
+      raw = p < buf.length && left !== -3 ? Buffer.from(buf.subarray(p)) : null;
+      return out;
+    };
+    const onBody = (body: Buffer) => {
+      const buf = carry ? Buffer.concat([carry, body]) : body;
+      let pos = 0;
+      for (;;) {
+        const at = buf.indexOf(ID, pos);
+        if (at < 0) { pos = Math.max(pos, buf.length - ID.length); break; }  // keep a split "id: "
+        const end = buf.indexOf(SEP, at);
+        if (end < 0) { pos = at; break; }
+        const now = performance.now();
+        let id = 0;
+        for (let i = at + ID.length; i < end && buf[i] >= 0x30 && buf[i] <= 0x39; i++) id = id * 10 + buf[i] - 0x30;
+        if (id <= sub.last) sub.dupes++;
+        else if (id !== sub.last + 1) {
+          sub.disorder++;
+          if (process.env.BENCH_DEBUG) log("jump", { from: sub.last, to: id });
+        }
+        if (id > sub.last) { sub.last = id; sub.count++; }
+        if (recording) {
+          const kAt = buf.indexOf(K_KEY, at);
+          if (kAt >= 0 && kAt < end) {
+            let k = 0;
+            for (let i = kAt + K_KEY.length; i < end && buf[i] >= 0x30 && buf[i] <= 0x39; i++) k = k * 10 + buf[i] - 0x30;
+            const sent = sendTimes[k];
+            if (sent > 0 && latN < latencies.length) {
+              const ack = ackTimes[k];
+              latAck[latN] = ack > 0 ? Math.max(0, now - ack) : 0;
+              latencies[latN++] = now - sent;
             }
           }
-          pos = end + 2;
         }
-        carry = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
-      });
-      res.on("end", () => { sub.open = false; });
-      res.on("error", () => { sub.open = false; });
+        pos = end + 2;
+      }
+      carry = pos < buf.length ? Buffer.from(buf.subarray(pos)) : null;
+    };
+    sock.on("data", (chunk: Buffer) => {
+      let buf = raw ? Buffer.concat([raw, chunk]) : chunk;
+      raw = null;
+      if (!headerDone) {
+        const h = buf.indexOf("\r\n\r\n");
+        if (h < 0) { raw = Buffer.from(buf); return; }
+        const head = buf.subarray(0, h).toString("latin1");
+        const status = Number(head.slice(9, 12));
+        if (status !== 200) { reject(new Error(`subscribe: HTTP ${status}`)); sock.destroy(); return; }
+        chunked = /\r\ntransfer-encoding:\s*chunked/i.test(head);
+        headerDone = true;
+        sub.open = true;
+        resolve(sub);
+        buf = buf.subarray(h + 4);
+      }
+      if (!chunked) onBody(buf);
+      else for (const piece of decode(buf)) onBody(piece);
     });
-    sub.req.on("error", (e) => { sub.open = false; reject(e); });
+    sock.on("close", () => { sub.open = false; if (!headerDone) reject(new Error("subscribe: connection closed")); });
+    sock.on("error", (e) => { sub.open = false; if (!headerDone) reject(e); });
   });
 }
 
-async function subscribeMany(n: number, base: string, channel: string, token: string, concurrency = 100, after?: number): Promise<Sub[]> {
+async function subscribeMany(n: number, base: string | string[], channel: string, token: string, concurrency = 100, after?: number): Promise<Sub[]> {
   const subs: Sub[] = [];
   let next = 0;
   let failures = 0;
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (next < n && failures < 50) {
+      const at = Array.isArray(base) ? base[next % base.length] : base;  // spread over Pushpin instances
       next++;
       for (let attempt = 1; ; attempt++) {
-        try { subs.push(await subscribe(base, channel, token, after)); break; } catch (e) {
+        try { subs.push(await subscribe(at, channel, token, after)); break; } catch (e) {
           if (attempt < 4) { await sleep(250 * attempt); continue; }
           failures++;
           if (failures === 1) log("subscribe failed", { err: (e as Error).message });
@@ -191,7 +245,8 @@ const childEnv = {
   TDC_GRIP_SIG_KEY: gripSigKey, TDC_SERVER_PORT: String(serverPort), LOG_LEVEL: process.env.BENCH_CHILD_LOG_LEVEL || "warn",
 };
 const server = spawnTs("server/index.ts", { ...childEnv, TDC_SERVICE: "server" });
-const worker = spawnTs("worker/index.ts", { ...childEnv, TDC_SERVICE: "worker" });
+let worker = spawnTs("worker/index.ts", { ...childEnv, TDC_SERVICE: "worker" });
+const pushpins = [pushpin];
 const admin = new pg.Pool({ connectionString: adminUrl, max: 12 });
 const base = pushpin.clientUrl;
 let exitCode = 0;
@@ -352,6 +407,22 @@ try {
   // ---- 3. fan-out, escalating ----
   await sleep(5000); // let Pushpin finish with the streams of the previous phase
   if (PHASES.includes("fanout")) results.fanout = [];
+  if (PHASES.includes("fanout") && FANOUT_PUSHPINS > 1) {
+    // Scale-out as deployed: several Pushpin instances, the worker publishing to all of them,
+    // subscribers spread over them. (Pushpin's handler is one thread: one instance caps out at
+    // roughly 100,000 deliveries/s here, which is 10,000 streams × 10 events/s.)
+    for (let i = 2; i <= FANOUT_PUSHPINS; i++) {
+      const port = serverPort + 100 * i;
+      pushpins.push(await startPushpin({ id: `bench${i}`, dataDir, httpPort: port + 1, publishPort: port + 2, zmqBase: port + 10,
+        origin: `127.0.0.1:${serverPort}`, sigKey: gripSigKey }));
+    }
+    await stopChild(worker);
+    worker = spawnTs("worker/index.ts", { ...childEnv, TDC_SERVICE: "worker", TDC_PUBLISH_URLS: pushpins.map((p) => p.publishUrl).join(",") });
+    for (const p of pushpins) await waitForHttp(`${p.clientUrl}/healthz`, 60_000, [200, 503]);
+    await sleep(2000);
+  }
+  const fanBases = pushpins.map((p) => p.clientUrl);
+  const pushpinMb = () => round(pushpins.reduce((a, p) => a + treeRssMb(p.child.pid!), 0), 1);
   for (const FANOUT of PHASES.includes("fanout") ? FANOUT_STEPS : []) {
     const job = `fan${FANOUT}`;
     await ensureJob(user.id, job);
@@ -361,19 +432,19 @@ try {
     latencies = new Float64Array(total * FANOUT);
     latN = 0;
     const t0 = Date.now();
-    const subs = await subscribeMany(FANOUT, base, job, token, 200);
+    const subs = await subscribeMany(FANOUT, fanBases, job, token, 200);
     const connectS = (Date.now() - t0) / 1000;
     log("fan-out: subscribers connected", { n: subs.length, seconds: connectS });
-    const mem0 = { pushpin_mb: treeRssMb(pushpin.child.pid!), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
+    const mem0 = { pushpin_mb: pushpinMb(), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
     recording = true;
     await produce(user.id, job, FANOUT_RATE, SECONDS, 1);
-    const mem = { pushpin_mb: treeRssMb(pushpin.child.pid!), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
+    const mem = { pushpin_mb: pushpinMb(), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && subs.some((s) => s.count < total)) await sleep(200);
     recording = false;
     const lat = latencies.subarray(0, latN);
     const r = {
-      target_subscribers: FANOUT, subscribers: subs.length, connect_seconds: round(connectS, 1), events: total, rate: FANOUT_RATE,
+      target_subscribers: FANOUT, pushpin_instances: pushpins.length, subscribers: subs.length, connect_seconds: round(connectS, 1), events: total, rate: FANOUT_RATE,
       deliveries: subs.reduce((a, s) => a + s.count, 0), expected_deliveries: total * subs.length,
       not_delivered_within_30s_after: subs.reduce((a, s) => a + (total - s.count), 0), duplicates: subs.reduce((a, s) => a + s.dupes, 0),
       out_of_order: subs.reduce((a, s) => a + s.disorder, 0), still_open: subs.filter((s) => s.open).length,
@@ -393,7 +464,7 @@ try {
 } finally {
   await stopChild(worker);
   await stopChild(server);
-  await pushpin.stop();
+  for (const p of pushpins) await p.stop();
   await admin.end();
 }
 
@@ -410,10 +481,10 @@ const md = [
     `- statement sent → SSE receipt: p50 ${L.latency_ms.p50} ms, p90 ${L.latency_ms.p90} ms, p99 ${L.latency_ms.p99} ms, p99.9 ${L.latency_ms.p999} ms, max ${L.latency_ms.max} ms\n` +
     `- commit acknowledged → SSE receipt: p50 ${L.commit_ack_to_receipt_ms.p50} ms, p90 ${L.commit_ack_to_receipt_ms.p90} ms, p99 ${L.commit_ack_to_receipt_ms.p99} ms, max ${L.commit_ack_to_receipt_ms.max} ms\n` +
     `- statement sent → commit acknowledged: p50 ${L.statement_send_to_commit_ack_ms.p50} ms, p99 ${L.statement_send_to_commit_ack_ms.p99} ms\n`),
-  ...(F ?? []).map((F: any) => `## Fan-out: ${F.subscribers} of ${F.target_subscribers} subscribers connected (${F.connect_seconds} s), ${F.rate} events/s for ${SECONDS} s\n\n` +
+  ...(F ?? []).map((F: any) => `## Fan-out: ${F.subscribers} of ${F.target_subscribers} subscribers connected (${F.connect_seconds} s) over ${F.pushpin_instances} Pushpin instance(s), ${F.rate} events/s for ${SECONDS} s\n\n` +
     `- deliveries ${F.deliveries}/${F.expected_deliveries}; not delivered 30 s after the last event ${F.not_delivered_within_30s_after}, duplicates ${F.duplicates}, out of order ${F.out_of_order}; streams still open ${F.still_open}\n` +
     `- delivery latency: p50 ${F.latency_ms.p50} ms, p99 ${F.latency_ms.p99} ms, max ${F.latency_ms.max} ms\n` +
-    `- memory (RSS) while connected: Pushpin ${F.memory_idle_connected.pushpin_mb} MB, server ${F.memory_idle_connected.server_mb} MB, worker ${F.memory_idle_connected.worker_mb} MB; during load: Pushpin ${F.memory_during_load.pushpin_mb} MB, server ${F.memory_during_load.server_mb} MB, worker ${F.memory_during_load.worker_mb} MB\n`),
+    `- memory (RSS) while connected: Pushpin (all instances) ${F.memory_idle_connected.pushpin_mb} MB, server ${F.memory_idle_connected.server_mb} MB, worker ${F.memory_idle_connected.worker_mb} MB; during load: Pushpin ${F.memory_during_load.pushpin_mb} MB, server ${F.memory_during_load.server_mb} MB, worker ${F.memory_during_load.worker_mb} MB\n`),
   T ? `## Throughput: ${T.events} events, ${T.subscribers} subscribers, as fast as possible\n\n` +
     `- our pipeline (commit → forwarder → Pushpin): ${T.pipeline.events_per_s} events/s (lost ${T.pipeline.lost}, dupes ${T.pipeline.duplicates})\n` +
     `- published straight to Pushpin: ${T.direct_to_pushpin.events_per_s} events/s (lost ${T.direct_to_pushpin.lost}, dupes ${T.direct_to_pushpin.duplicates})\n` +

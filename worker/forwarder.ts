@@ -59,6 +59,9 @@ export class Forwarder {
   private saving: Promise<void> = Promise.resolve();
   /** Published events since start (for tests and benchmarks). */
   published = 0;
+  /** Work since the last stats line (logged every 10 s while there is any). */
+  private stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0 };
+  private statsTimer: NodeJS.Timeout | null = null;
 
   constructor(private opts: ForwarderOptions) {
     this.pool = new pg.Pool({ connectionString: opts.ownerUrl, max: 2, application_name: "tdc-worker" });
@@ -70,12 +73,21 @@ export class Forwarder {
       logger.warn("forwarder: no Pushpin publish URL configured; events stay in the log until one is");
     }
     this.timer = setInterval(() => { this.recheckDue = true; this.poke(); }, this.opts.pollMs ?? 1000);
+    this.statsTimer = setInterval(() => {
+      const s = this.stats;
+      if (!s.cycles) return;
+      logger.info({ cycles: s.cycles, events: s.events, items: s.items, avgReadMs: +(s.readMs / s.cycles).toFixed(2),
+        avgPublishMs: +(s.publishMs / s.cycles).toFixed(2) }, "forwarder: last 10 s");
+      this.stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0 };
+    }, 10_000);
+    this.statsTimer.unref();
     this.loopDone = this.loop();
   }
 
   async stop() {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.statsTimer) clearInterval(this.statsTimer);
     this.poke();
     await this.loopDone;
     await this.saving;
@@ -161,6 +173,7 @@ export class Forwarder {
       }
     }
     // Channels whose head is past the cursor, and their next events in order.
+    const t0 = performance.now();
     const { rows } = await this.pool.query(
       `select p.channel_id, e.seq, e.type, e.data::text as data
          from (select h.channel_id, greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)) as cursor, h.last_seq
@@ -173,13 +186,19 @@ export class Forwarder {
             order by e.seq limit $1) e
         where p.last_seq > p.cursor
         order by p.channel_id, e.seq`, [EVENTS_PER_CHANNEL, [...this.accepted.keys()], [...this.accepted.values()]]);
+    this.stats.readMs += performance.now() - t0;
     if (!rows.length) return false;
+    this.stats.cycles++;
+    this.stats.events += rows.length;
     let batch: Item[] = [];
     let bytes = 0;
     const upto = new Map<string, string>();
     const flush = async () => {
       if (!batch.length) return;
+      const t1 = performance.now();
       await this.publish(batch);
+      this.stats.publishMs += performance.now() - t1;
+      this.stats.items += batch.length;
       for (const [id, seq] of upto) {
         this.accepted.set(id, Number(seq));
         this.unsaved.set(id, Number(seq));
