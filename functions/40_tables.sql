@@ -15,6 +15,7 @@
 --   TDI02 import had no data rows                      TDI04 no such table to import into / export
 --   TDI05 invalid import option                        TDI12 table exists (create=true)
 --   TDI15 import refused: a deferrable constraint trigger could run your code at commit
+--   TDI18 (recorded on the import) interrupted: its server went away mid-import
 --   TDT99 internal: rolls back the throwaway definer function (never reaches a client)
 --   (HTTP-only import codes TDI01..TDI14 are listed in docs/import.md and server/routes/tables.ts.)
 
@@ -588,7 +589,7 @@ declare
   u app_public.users := app_hidden.require_user();
   v_table text;
 begin
-  update app_public.imports i set bytes = p_bytes
+  update app_public.imports i set bytes = p_bytes, updated_at = now()
    where i.id = p_import_id and i.user_id = u.id and i.status = 'running'
    returning i.table_name into v_table;
   if v_table is not null then
@@ -607,7 +608,7 @@ declare
   u app_public.users := app_hidden.require_user();
   i app_public.imports;
 begin
-  update app_public.imports set status = 'succeeded', rows = p_rows, bytes = p_bytes, duration_ms = p_ms, finished_at = now()
+  update app_public.imports set status = 'succeeded', rows = p_rows, bytes = p_bytes, duration_ms = p_ms, finished_at = now(), updated_at = now()
    where id = p_import_id and user_id = u.id and status = 'running'
    returning * into i;
   if i.id is null then
@@ -629,7 +630,7 @@ declare
   u app_public.users := app_hidden.require_user();
   i app_public.imports;
 begin
-  update app_public.imports set status = 'failed', error = p_error, bytes = p_bytes, duration_ms = p_ms, finished_at = now()
+  update app_public.imports set status = 'failed', error = p_error, bytes = p_bytes, duration_ms = p_ms, finished_at = now(), updated_at = now()
    where id = p_import_id and user_id = u.id and status = 'running'
    returning * into i;
   if i.id is not null then
@@ -640,6 +641,38 @@ end $$;
 comment on function app_hidden.import_failed(bigint, jsonb, bigint, integer) is 'Mark an import of the caller failed (nothing of it was kept) and emit import.failed.';
 revoke all on function app_hidden.import_failed(bigint, jsonb, bigint, integer) from public;
 grant execute on function app_hidden.import_failed(bigint, jsonb, bigint, integer) to tdc_user;
+
+-- A running import whose server went away (killed, crashed, lost the database) never reports
+-- again; its data transaction rolled back with the connection. Maintenance marks it failed.
+create or replace function app_private.fail_stalled_imports(p_silence interval default '2 minutes') returns integer
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  i app_public.imports;
+  n integer := 0;
+  v_error constant jsonb := jsonb_build_object('code', 'TDI18',
+    'message', 'The import was interrupted: its server stopped or lost the database before it finished. Nothing of it was kept; send it again.');
+begin
+  for i in
+    -- An import whose data transaction is committing right now holds its row: skipped, it finishes.
+    with stalled as (
+      select id from app_public.imports
+       where status = 'running' and updated_at < now() - p_silence
+         for update skip locked)
+    update app_public.imports m
+       set status = 'failed', error = v_error, finished_at = now(), updated_at = now(),
+           duration_ms = least(extract(epoch from now() - m.started_at) * 1000, 2147483647)::integer
+      from stalled s
+     where m.id = s.id
+    returning m.*
+  loop
+    perform app_hidden.emit_event(i.user_id, 'imports', null, 'import.failed',
+      jsonb_build_object('importId', i.id, 'table', i.table_name, 'mode', i.mode, 'error', v_error, 'bytes', i.bytes, 'ms', i.duration_ms));
+    n := n + 1;
+  end loop;
+  return n;
+end $$;
+comment on function app_private.fail_stalled_imports(interval) is 'Mark failed (TDI18, with an import.failed event) every running import that has not reported for p_silence (default 2 minutes): its server went away and its data rolled back. Run every minute by app_private.maintenance() (pg_cron job tdc-maintenance). Returns how many.';
+revoke all on function app_private.fail_stalled_imports(interval) from public;
 
 -- ---------------------------------------------------------------------------------------------
 -- Import and export through the user-code boundary (see create_user_definer above).

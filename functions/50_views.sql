@@ -825,10 +825,11 @@ begin
      where d.runid = old.runid and old.rn > v_per_job;
     get diagnostics n = row_count; v_cron_runs := v_cron_runs + n;
   end if;
-  return jsonb_build_object('cancelled', v_cancelled, 'runsPruned', v_runs, 'cronRunsPruned', v_cron_runs);
+  return jsonb_build_object('cancelled', v_cancelled, 'runsPruned', v_runs, 'cronRunsPruned', v_cron_runs,
+    'stalledImportsFailed', app_private.fail_stalled_imports());
 end $$;
 comment on function app_private.maintenance() is
-  'Prune refresh runs and cron.job_run_details (older than job_run_retention, beyond job_runs_per_job per view/job) and cancel scheduled refreshes running longer than schedule_refresh_timeout. Run by the tdc-maintenance pg_cron job.';
+  'Prune refresh runs and cron.job_run_details (older than job_run_retention, beyond job_runs_per_job per view/job), cancel scheduled refreshes running longer than schedule_refresh_timeout, and mark failed the imports whose server went away (app_private.fail_stalled_imports). Run by the tdc-maintenance pg_cron job.';
 revoke all on function app_private.maintenance() from public;
 
 create or replace function app_private.ensure_maintenance_job() returns bigint

@@ -2,7 +2,8 @@ import test from "ava";
 import { gzipSync } from "node:zlib";
 import pg from "pg";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
-import { startStack, gql, signUp, type Stack, type TestUser } from "./helpers/stack.ts";
+import { startStack, gql, signUp, freePort, type Stack, type TestUser } from "./helpers/stack.ts";
+import { spawnTs, waitForHttp } from "../server/devstack/processes.ts";
 import { eventually } from "./helpers/wait.ts";
 import { config } from "../server/config.ts";
 
@@ -346,4 +347,53 @@ test.serial("a client that aborts mid-upload leaves the table unchanged and the 
   });
   t.is(rec.error.code, "TDI14");
   t.deepEqual(await snapshot(alice.handle, "people"), before);
+});
+
+test.serial("an import whose server is killed mid-upload is marked failed (TDI18) by maintenance; a live one is left alone", async (t) => {
+  await define(alice, "stalled", [{ name: "n", type: "integer" }]);
+  await define(alice, "trickled", [{ name: "n", type: "integer" }]);
+  const before = await snapshot(alice.handle, "stalled");
+  // A server of its own, killed with SIGKILL while its import is still receiving the body.
+  const port = await freePort();
+  const child = spawnTs("server/index.ts", { TDC_AUTHENTICATOR_URL: db.authenticatorUrl, TDC_SERVER_PORT: String(port),
+    TDC_PUBLISH_URLS: "", LOG_LEVEL: "error", TDC_SERVICE: "server" }, { inherit: false });
+  child.stderr?.resume();
+  await waitForHttp(`http://127.0.0.1:${port}/healthz`, 60_000, [200, 503]);
+  const enc = new TextEncoder();
+  const endless = new ReadableStream({ start(c) { c.enqueue(enc.encode("n\n1\n2\n")); } });
+  const doomed = fetch(`http://127.0.0.1:${port}/tables/stalled/import`, {
+    method: "POST", body: endless, duplex: "half", headers: { "content-type": "text/csv", authorization: `Bearer ${alice.token}` },
+  } as RequestInit).catch(() => null);
+  // A live import on the shared server keeps sending (and so reporting progress) meanwhile.
+  let sent = 0;
+  const trickle = new ReadableStream({
+    async pull(c) {
+      if (sent === 0) c.enqueue(enc.encode("n\n"));
+      if (sent++ >= 16) return c.close();
+      await new Promise((r) => setTimeout(r, 500));
+      c.enqueue(enc.encode(`${sent}\n`));
+    },
+  });
+  const live = imp("trickled", trickle, "", { direct: true });
+  const running = async (table: string) => (await db.admin.query(
+    "select id, status, error from app_public.imports where table_name = $1 order by id desc limit 1", [table])).rows[0];
+  await eventually(async () => (await running("stalled"))?.status === "running" && (await running("trickled"))?.status === "running", 20_000);
+  child.kill("SIGKILL");
+  await new Promise((r) => child.once("exit", r));
+  await doomed;
+  await new Promise((r) => setTimeout(r, 4500));
+  t.is((await running("stalled")).status, "running", "nothing else notices a server that went away");
+  const n = (await db.admin.query("select app_private.fail_stalled_imports('4 seconds') as n")).rows[0].n;
+  t.is(n, 1);
+  const dead = await running("stalled");
+  t.is(dead.status, "failed");
+  t.is(dead.error.code, "TDI18");
+  t.true((await events("import.failed")).some((e) => e.data.importId === Number(dead.id) && e.data.error.code === "TDI18"));
+  t.deepEqual(await snapshot(alice.handle, "stalled"), before, "nothing of it was kept");
+  t.is((await running("trickled")).status, "running");
+  const done = await live;
+  t.is(done.status, 200, done.text);
+  t.is(done.body.rows, 16);
+  t.is((await running("trickled")).status, "succeeded");
+  // pg_cron runs it every minute where pg_cron is installed (the cron database; see jobs.test.ts).
 });

@@ -174,7 +174,7 @@ test.serial("maintenance prunes old runs and cron.job_run_details, and keeps at 
   try {
     const { rows: [m] } = await owner.query("select app_private.maintenance() as m");
     // (The every-minute tdc-maintenance job may have pruned some of them first: check the end state.)
-    t.deepEqual(Object.keys(m.m).sort(), ["cancelled", "cronRunsPruned", "runsPruned"]);
+    t.deepEqual(Object.keys(m.m).sort(), ["cancelled", "cronRunsPruned", "runsPruned", "stalledImportsFailed"]);
     const left = (await db.admin.query("select started_at > now() - interval '7 days' as recent from app_public.view_refreshes where view_id = $1", [v.id])).rows;
     t.true(left.length <= 3 && left.every((r) => r.recent));
     const cronLeft = (await db.admin.query("select count(*)::int as n, bool_and(end_time > now() - interval '7 days') as recent from cron.job_run_details where jobid = 999999")).rows[0];
