@@ -16,7 +16,7 @@
  * Env knobs: BENCH_PER_TX ("10,1": events per transaction in the latency runs, in that order), BENCH_SECONDS (30), BENCH_RATE (1000), BENCH_SUBS (100),
  * BENCH_FANOUT (subscriber counts tried in turn, "1000,3000,10000"; it stops
  * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10), BENCH_FANOUT_PUSHPINS (1: Pushpin instances the fan-out subscribers are spread over; the worker publishes to all),
- * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"), BENCH_FANOUT_ALL=1 (try every
+ * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"; also "storm": BENCH_STORM_CLIENTS (1000) connecting at once, no retries), BENCH_FANOUT_ALL=1 (try every
  * step), BENCH_OUT (results file name, "realtime"), BENCH_COLD=1 (latency phase: all subscribers join
  * the fresh channel at once instead of one first and the rest 1.5 s later).
  */
@@ -403,6 +403,22 @@ try {
     for (const s of subs) s.req.destroy();
     results.throughput = { events: BURST, subscribers: SUBS, pipeline: pipe, direct_to_pushpin: direct, ratio: round(pipe.events_per_s / direct.events_per_s, 2) };
     log("throughput done", results.throughput);
+  }
+  // ---- reconnect storm: N clients connecting in the same instant, no retries (BENCH_PHASES=storm) ----
+  if (PHASES.includes("storm")) {
+    const n = env("BENCH_STORM_CLIENTS", 1000);
+    await ensureJob(user.id, "storm");
+    await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: "storm", j: "storm" }, token);
+    const t0 = performance.now();
+    const outcomes = await Promise.allSettled(Array.from({ length: n }, () => subscribe(base, "storm", token)));
+    const ms = performance.now() - t0;
+    const failures: Record<string, number> = {};
+    for (const o of outcomes) if (o.status === "rejected") failures[o.reason.message] = (failures[o.reason.message] ?? 0) + 1;
+    const ok = outcomes.filter((o) => o.status === "fulfilled").map((o) => (o as PromiseFulfilledResult<Sub>).value);
+    results.storm = { clients: n, connected: ok.length, failures, ms: round(ms, 0) };
+    log("storm done", results.storm);
+    for (const s of ok) s.req.destroy();
+    await sleep(2000);
   }
   // ---- 3. fan-out, escalating ----
   await sleep(5000); // let Pushpin finish with the streams of the previous phase

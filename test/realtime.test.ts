@@ -199,7 +199,11 @@ test("only Pushpin may open streams: the origin refuses requests without a valid
   const link = ok.headers.get("grip-link") ?? "";
   t.regex(link, /^<\/channels\/sig\/events\/next\/[0-9a-f]{16}\?access_token=[^>]+>; rel=next; timeout=\d+$/);
   t.regex(ok.headers.get("grip-keep-alive") ?? "", /^:\\n\\n; format=cstring; timeout=(1\d|20)$/);
-  t.is(await ok.text(), `retry: 1000\n\nid: 2\nevent: job.run_succeeded\ndata: {"n":2}\n\n`);
+  const text = await ok.text();
+  t.regex(text, /^retry: (\d+)\n\n/);
+  const retry = Number(/^retry: (\d+)/.exec(text)![1]);
+  t.true(retry >= 1000 && retry < 3000, "reconnects spread over 1–3 s");
+  t.is(text.slice(text.indexOf("\n\n") + 2), `id: 2\nevent: job.run_succeeded\ndata: {"n":2}\n\n`);
   // Every stream of one token on a channel gets the same link URL, wherever it is: Pushpin
   // fetches links in batches of up to 100 streams per distinct URL (at 10 batches/s).
   const other = await fetch(streamUrl(origin, "sig"), { headers: { ...bearer(a), "grip-sig": gripSig(stack.sigKey) } });

@@ -69,11 +69,19 @@ test.serial("the live dashboard redraws from view.refreshed deltas (headless Chr
   });
   try {
     const page = await browser.newPage();
+    // The first stream request gets a 502 (as from a restarting Pushpin): EventSource gives up for
+    // good on a non-200 answer, so the page must start a new one by itself.
+    let streamRequests = 0;
+    await page.route(/\/channels\/[^/]+\/events\?/, (route) => {
+      streamRequests++;
+      return streamRequests === 1 ? route.fulfill({ status: 502, contentType: "text/plain", body: "Error while proxying to origin.\n" }) : route.continue();
+    });
     await page.goto(ds.url + "/examples/live-dashboard");
     await page.fill("#email", "ada@example.com");
     await page.fill("#password", "analytical engine");
     await page.click("button[type=submit]");
     await page.waitForSelector("#status.live", { timeout: 20_000 });
+    t.is(streamRequests, 2, "one refused stream, then a new EventSource that went live");
     const wonBefore = await page.locator("td[data-col=stage]", { hasText: "won" }).count();
     // A big new deal is won; refresh the view; the page must show it without reloading.
     const csv = "name,email,company,stage,deal_value,created_at\nBig Deal,big@example.com,Megacorp,won,7777700,2026-12-02T09:00:00Z\n";

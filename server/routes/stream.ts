@@ -184,8 +184,11 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     }
     logger.debug({ channel: name, kind, gripLast: req.headers["grip-last"] ?? null, after: req.params.after ?? null,
       lastSent, more }, "stream answer");
-    // The first answer tells EventSource to reconnect quickly after any drop.
-    res.send((isLink ? "" : "retry: 1000\n\n") + body);
+    // The first answer tells EventSource to reconnect soon after a drop, each stream after its own
+    // 1–3 s: when Pushpin restarts, all its clients drop at once, and Pushpin (1.36) answers 502 to
+    // part of a burst of ~1,000 connects arriving in the same instant (a 100-request queue toward
+    // zurl, compiled in) — and EventSource gives up for good on a non-200 answer.
+    res.send((isLink ? "" : `retry: ${1000 + Math.floor(Math.random() * 2000)}\n\n`) + body);
   };
   app.get("/channels/:name/events", handler("client"));
   app.get("/channels/:name/events/next/:tag", handler("next"));
