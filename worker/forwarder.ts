@@ -266,8 +266,9 @@ export class Forwarder {
           if (this.accepted.get(id) === seq) this.accepted.delete(id);
         }
       } catch (e) {
-        logger.warn({ err: (e as Error).message }, "forwarder: storing cursors failed; retrying with the next write");
-        setTimeout(() => this.saveCursors(), 500).unref();
+        logger.warn({ err: (e as Error).message }, "forwarder: storing cursors failed; retrying");
+        // (After stop the cursor stays where it was stored: the next start re-publishes from there.)
+        if (!this.stopped) setTimeout(() => this.saveCursors(), 500).unref();
       }
     });
   }
