@@ -369,7 +369,7 @@ test.serial("an import whose server is killed mid-upload is marked failed (TDI18
   const trickle = new ReadableStream({
     async pull(c) {
       if (sent === 0) c.enqueue(enc.encode("n\n"));
-      if (sent++ >= 16) return c.close();
+      if (sent++ >= 30) return c.close();  // ~15 s: still sending when maintenance runs below
       await new Promise((r) => setTimeout(r, 500));
       c.enqueue(enc.encode(`${sent}\n`));
     },
@@ -393,7 +393,7 @@ test.serial("an import whose server is killed mid-upload is marked failed (TDI18
   t.is((await running("trickled")).status, "running");
   const done = await live;
   t.is(done.status, 200, done.text);
-  t.is(done.body.rows, 16);
+  t.is(done.body.rows, 30);
   t.is((await running("trickled")).status, "succeeded");
   // pg_cron runs it every minute where pg_cron is installed (the cron database; see jobs.test.ts).
 });
