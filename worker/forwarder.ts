@@ -176,15 +176,15 @@ export class Forwarder {
     const t0 = performance.now();
     const { rows } = await this.pool.query(
       `select p.channel_id, e.seq, e.type, e.data::text as data
-         from (select h.channel_id, greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)) as cursor, h.last_seq
+         from (select h.channel_id, greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)) as cursor
                  from app_private.channel_heads h
                  left join app_private.forwarder_cursors f on f.channel_id = h.channel_id
-                 left join unnest($2::bigint[], $3::bigint[]) as m(channel_id, seq) on m.channel_id = h.channel_id) p
+                 left join unnest($2::bigint[], $3::bigint[]) as m(channel_id, seq) on m.channel_id = h.channel_id
+                where h.last_seq > greatest(coalesce(f.seq, 0), coalesce(m.seq, 0))) p
          cross join lateral (
            select e.seq, e.type, e.data from app_private.events e
             where e.channel_id = p.channel_id and e.seq > p.cursor
             order by e.seq limit $1) e
-        where p.last_seq > p.cursor
         order by p.channel_id, e.seq`, [EVENTS_PER_CHANNEL, [...this.accepted.keys()], [...this.accepted.values()]]);
     this.stats.readMs += performance.now() - t0;
     if (!rows.length) return false;
