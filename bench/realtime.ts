@@ -16,7 +16,7 @@
  * Env knobs: BENCH_PER_TX ("10,1": events per transaction in the latency runs, in that order), BENCH_SECONDS (30), BENCH_RATE (1000), BENCH_SUBS (100),
  * BENCH_FANOUT (subscriber counts tried in turn, "1000,3000,10000"; it stops
  * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10), BENCH_FANOUT_PUSHPINS (1: Pushpin instances the fan-out subscribers are spread over; the worker publishes to all),
- * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"; also "storm": BENCH_STORM_CLIENTS (1000) connecting at once, no retries), BENCH_FANOUT_ALL=1 (try every
+ * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"; also "storm": BENCH_STORM_CLIENTS (1000) connecting at once, no retries; "idle": BENCH_IDLE_SUBS (10000) subscribers on a channel quiet for BENCH_IDLE_SECONDS (75), then 1 event/s for 30 s), BENCH_FANOUT_ALL=1 (try every
  * step), BENCH_OUT (results file name, "realtime"), BENCH_COLD=1 (latency phase: all subscribers join
  * the fresh channel at once instead of one first and the rest 1.5 s later).
  */
@@ -418,6 +418,31 @@ try {
     results.storm = { clients: n, connected: ok.length, failures, ms: round(ms, 0) };
     log("storm done", results.storm);
     for (const s of ok) s.req.destroy();
+    await sleep(2000);
+  }
+  // ---- idle channel (BENCH_PHASES=idle): BENCH_IDLE_SUBS (10000) subscribers connect, the channel stays
+  // quiet for BENCH_IDLE_SECONDS (75: past the streams' idle re-check), then 1 event/s for 30 s ----
+  if (PHASES.includes("idle")) {
+    const n = env("BENCH_IDLE_SUBS", 10000);
+    await ensureJob(user.id, "idle");
+    await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: "idle", j: "idle" }, token);
+    const subs = await subscribeMany(n, base, "idle", token, 200);
+    log("idle: subscribers connected", { n: subs.length });
+    await sleep(env("BENCH_IDLE_SECONDS", 75) * 1000);
+    const total = 30;
+    sendTimes = new Float64Array(total + 10);
+    latencies = new Float64Array(total * n);
+    latN = 0;
+    recording = true;
+    await produce(user.id, "idle", 1, total, 1);
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && subs.some((s) => s.count < total)) await sleep(200);
+    recording = false;
+    const lat = latencies.subarray(0, latN);
+    results.idle = { subscribers: subs.length, events: total, deliveries: subs.reduce((a, s) => a + s.count, 0),
+      latency_ms: { p50: round(pct(lat, 50)), p90: round(pct(lat, 90)), p99: round(pct(lat, 99)), max: round(pct(lat, 100)) } };
+    log("idle done", results.idle);
+    for (const s of subs) s.req.destroy();
     await sleep(2000);
   }
   // ---- 3. fan-out, escalating ----
