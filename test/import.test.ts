@@ -28,7 +28,7 @@ async function define(user: TestUser, name: string, columns: object[]) {
 
 async function imp(table: string, body: BodyInit | null, query = "", opts: { token?: string | null; headers?: Record<string, string>; direct?: boolean } = {}) {
   const token = opts.token === undefined ? alice.token : opts.token;
-  // Pushpin by default; `direct` talks to the origin (Pushpin drops Content-Encoding and buffers chunked bodies).
+  // Pushpin by default; `direct` talks to the origin (Pushpin drops Content-Encoding and holds back the start of a chunked body until a buffer-full or its end).
   const base = opts.direct ? `http://127.0.0.1:${stack.server.port}` : stack.url;
   const r = await fetch(`${base}/tables/${encodeURIComponent(table)}/import${query ? "?" + query : ""}`, {
     method: "POST", body, duplex: "half",
