@@ -1,6 +1,5 @@
 import test from "ava";
 import { gzipSync } from "node:zlib";
-import pg from "pg";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
 import { startStack, gql, signUp, freePort, type Stack, type TestUser } from "./helpers/stack.ts";
 import { spawnTs, waitForHttp } from "../server/devstack/processes.ts";
