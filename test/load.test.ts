@@ -57,13 +57,24 @@ const rssOf = (pid: number) => {
 
 test("200 GraphQL clients + 2 × 100 MB imports + 1,000 SSE subscribers: no errors, no lost events, bounded memory", async (t) => {
   const body = csv(IMPORT_MB);
-  // Subscribers connect in waves of 100 (as real clients trickle in), each wave once the previous is held.
+  // Subscribers connect in waves of 50 (as real clients trickle in), each wave once the previous is held.
+  // A connect that Pushpin refuses with 502 in a burst (its 100-request queue toward zurl; see the
+  // GraphQL clients below) is opened again, as a robust client does (examples/live-dashboard.html).
+  const open = () => openSse(`${stack.url}/channels/load/events`, { authorization: `Bearer ${u.token}` });
   const subs: ReturnType<typeof openSse>[] = [];
-  for (let i = 0; i < SUBSCRIBERS; i += 100) {
-    const wave = Array.from({ length: Math.min(100, SUBSCRIBERS - i) }, () =>
-      openSse(`${stack.url}/channels/load/events`, { authorization: `Bearer ${u.token}` }));
-    subs.push(...wave);
+  let subscriber502Retried = 0;
+  for (let i = 0; i < SUBSCRIBERS; i += 50) {
+    const wave = Array.from({ length: Math.min(50, SUBSCRIBERS - i) }, open);
     await eventually(async () => wave.every((s) => s.state.status !== 0), 30_000, 50).catch(() => null);
+    for (let attempt = 1; attempt <= 3 && wave.some((s) => s.state.status === 502); attempt++) {
+      for (let k = 0; k < wave.length; k++) {
+        if (wave[k].state.status !== 502) continue;
+        subscriber502Retried++;
+        wave[k] = open();
+      }
+      await eventually(async () => wave.every((s) => s.state.status !== 0), 30_000, 50).catch(() => null);
+    }
+    subs.push(...wave);
   }
   const connected = await eventually(async () => subs.every((s) => s.state.status === 200), 60_000, 250).catch(() => false);
   if (!connected) {
@@ -129,6 +140,7 @@ test("200 GraphQL clients + 2 × 100 MB imports + 1,000 SSE subscribers: no erro
   t.is(cnt[0].n, importResults.reduce((a, r) => a + (r.body.rows ?? 0), 0));
   t.deepEqual(gqlErrors.slice(0, 5), [], `GraphQL errors: ${gqlErrors.length}`);
   t.true(pushpinRetries <= Math.max(10, gqlOk / 50), `Pushpin refused ${pushpinRetries} of ${gqlOk} requests in bursts (retried)`);
+  t.true(subscriber502Retried <= SUBSCRIBERS / 50, `Pushpin refused ${subscriber502Retried} subscriber connects (opened again)`);
 
   // Every subscriber ends with exactly the stored events, in order (allowing delivery to drain).
   const { rows: ev } = await db.admin.query(
@@ -152,7 +164,7 @@ test("200 GraphQL clients + 2 × 100 MB imports + 1,000 SSE subscribers: no erro
 
   const figures = {
     seconds: Math.round(elapsed), graphqlClients: GQL_CLIENTS, graphqlRequests: gqlOk, graphqlPerSecond: Math.round(gqlOk / elapsed),
-    graphqlErrors: gqlErrors.length, pushpin502Retried: pushpinRetries, imports: importResults.map((r) => ({ rows: r.body.rows, mb: IMPORT_MB, ms: r.ms, path: r.body.path })),
+    graphqlErrors: gqlErrors.length, pushpin502Retried: pushpinRetries, subscriber502Retried, imports: importResults.map((r) => ({ rows: r.body.rows, mb: IMPORT_MB, ms: r.ms, path: r.body.path })),
     subscribers: SUBSCRIBERS, events: expected.length, subscribersExact: exact, drainMsAfterLoad: drainMs,
     maxTestProcessRssMB: Math.round(mem.maxProcessRss / 2 ** 20), maxHeapUsedMB: Math.round(mem.maxHeapUsed / 2 ** 20),
     maxPushpinRunnerRssMB: Math.round(mem.maxPushpinRunnerRss / 2 ** 20),
