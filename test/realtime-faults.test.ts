@@ -14,7 +14,7 @@ import { eventually } from "./helpers/wait.ts";
 import { createChannel, emitJobEvents, useJobFixtures } from "./helpers/realtime.ts";
 import { startServer } from "../server/index.ts";
 import { startPushpin, type Pushpin, type PushpinOptions } from "../server/devstack/pushpin.ts";
-import { spawnTs, stopChild } from "../server/devstack/processes.ts";
+import { spawnTs, stopChild, waitForHttp } from "../server/devstack/processes.ts";
 
 let db: TestDb;
 let server: Awaited<ReturnType<typeof startServer>> | null = null;
@@ -49,6 +49,8 @@ test("kill -9 the worker, restart Pushpin and the server mid-stream: exactly 1..
   server = await startSrv();
   worker = startWk();
   const url = pushpin.clientUrl;
+  // The whole path (Pushpin → server) answers before the first real request.
+  await waitForHttp(url + "/healthz", 30_000, [200, 503]);
   const user = await signUp(url);
   t.falsy((await createChannel(url, user, "faults", [{ kind: "job", name: "f" }])).errors);
 

@@ -77,9 +77,11 @@ export async function startPushpin(o: PushpinOptions): Promise<Pushpin> {
   for (;;) {
     if (exited) throw new Error(`pushpin exited during startup (see ${join(logdir, "pushpin.out")})`);
     try {
-      const r = await fetch(publishUrl, { method: "POST", headers: { "content-type": "application/json" }, body: '{"items":[]}' });
+      // `connection: close`: a probe's socket must not stay in fetch's pool, where the next real
+      // request could pick it up after Pushpin dropped it during startup ("fetch failed").
+      const r = await fetch(publishUrl, { method: "POST", headers: { "content-type": "application/json", connection: "close" }, body: '{"items":[]}' });
       await r.arrayBuffer();
-      const c = await fetch(clientUrl + "/__pushpin_probe", { signal: AbortSignal.timeout(2000) }).catch(() => null);
+      const c = await fetch(clientUrl + "/__pushpin_probe", { headers: { connection: "close" }, signal: AbortSignal.timeout(2000) }).catch(() => null);
       if (c) { await c.arrayBuffer().catch(() => {}); break; }
     } catch { /* not yet */ }
     if (Date.now() > deadline) throw new Error(`pushpin did not become ready within 30 s (see ${logdir})`);
