@@ -10,24 +10,30 @@ import type { TestDb } from "./db.ts";
 import { startServer } from "../../server/index.ts";
 import { startPushpin, type Pushpin } from "../../server/devstack/pushpin.ts";
 
+/**
+ * Free ports for test servers, Pushpin and clusters come from 20000–31999, below the ephemeral
+ * range (32768+): there the OS also hands ports to outgoing connections, and one took a port we
+ * had picked before the server bound it (EADDRINUSE in a CI run). Each test process draws from
+ * its own slice (by pid) and never hands out a port twice, which keeps concurrent files apart.
+ */
+const handedOut = new Set<number>();
+const SLICE = 400;
+const sliceStart = 20000 + (process.pid % Math.floor(12000 / SLICE)) * SLICE;
+
 export async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.unref();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
+  return freePortRange(1);
 }
 
 /** Several consecutive free ports (Pushpin's ZeroMQ ports are base..base+3). */
 export async function freePortRange(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 30000);
-    const ok = await Promise.all(Array.from({ length: n }, (_, i) => portFree(base + i)));
-    if (ok.every(Boolean)) return base;
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = sliceStart + Math.floor(Math.random() * (SLICE - n));
+    const ports = Array.from({ length: n }, (_, i) => base + i);
+    if (ports.some((p) => handedOut.has(p))) continue;
+    if ((await Promise.all(ports.map(portFree))).every(Boolean)) {
+      for (const p of ports) handedOut.add(p);
+      return base;
+    }
   }
   throw new Error("no free port range");
 }
