@@ -314,7 +314,7 @@ test("a 2,503-event gap is repaired from the log (Pushpin fetches the Grip-Link)
       formats: { "http-stream": { content: `id: 2503\nevent: job.run_succeeded\ndata: {"n":2503}\n\n` } } }] }),
   });
   t.is(r.status, 200);
-  await eventually(async () => s.events.length >= 2503, 15_000);
+  await eventually(async () => s.events.length >= 2503, 30_000);
   // Let the forwarder publish from there on: live events continue the same stream.
   await db.admin.query("update app_private.forwarder_cursors set seq = 2503 where channel_id = $1", [chanId]);
   await emitJobEvents(db, a.id, "x", 2504, 2);

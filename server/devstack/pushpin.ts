@@ -17,6 +17,7 @@ export interface PushpinOptions {
   zmqBase: number;         // push_in = base, sub = base+2, command = base+3
   origin: string;          // host:port of the server
   sigKey: string;
+  readyTimeoutMs?: number; // default 30 s
 }
 
 export interface Pushpin {
@@ -73,7 +74,7 @@ export async function startPushpin(o: PushpinOptions): Promise<Pushpin> {
   const clientUrl = `http://127.0.0.1:${o.httpPort}`;
   const publishUrl = `http://127.0.0.1:${o.publishPort}/publish/`;
   // Ready when both the client port and the publish port answer.
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + (o.readyTimeoutMs ?? 30_000);
   for (;;) {
     if (exited) throw new Error(`pushpin exited during startup (see ${join(logdir, "pushpin.out")})`);
     try {
@@ -84,7 +85,12 @@ export async function startPushpin(o: PushpinOptions): Promise<Pushpin> {
       const c = await fetch(clientUrl + "/__pushpin_probe", { headers: { connection: "close" }, signal: AbortSignal.timeout(2000) }).catch(() => null);
       if (c) { await c.arrayBuffer().catch(() => {}); break; }
     } catch { /* not yet */ }
-    if (Date.now() > deadline) throw new Error(`pushpin did not become ready within 30 s (see ${logdir})`);
+    if (Date.now() > deadline) {
+      // Nobody gets a handle on an instance that failed to start: stop its services here, or
+      // they keep running (one that proxied to its own port burned a core for minutes in CI).
+      killGroup("SIGKILL");
+      throw new Error(`pushpin did not become ready within ${Math.round((o.readyTimeoutMs ?? 30_000) / 1000)} s (see ${logdir})`);
+    }
     await new Promise((r) => setTimeout(r, 150));
   }
   logger.info({ id: o.id, port: o.httpPort, publish: publishUrl }, "pushpin ready");
