@@ -261,6 +261,12 @@ async function ensureJob(userId: string, job: string) {
      where not exists (select 1 from app_public.jobs j where j.user_id = $1 and j.name = $2)`, [userId, job]);
 }
 
+/** A channel named like the job fixture that feeds it. */
+async function jobChannel(userId: string, name: string, token: string) {
+  await ensureJob(userId, name);
+  await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: name, j: name }, token);
+}
+
 async function gql(query: string, variables: any = {}, token?: string) {
   const r = await fetch(base + "/graphql", { method: "POST", headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify({ query, variables }) });
   const j: any = await r.json();
@@ -301,8 +307,7 @@ try {
   const user = (await gql(`mutation($e:String!,$p:String!){register(input:{email:$e,password:$p,handle:"bench"}){user{id}}}`, { e: email, p: password })).register.user;
   const token = (await gql(`mutation($e:String!,$p:String!){authenticate(input:{email:$e,password:$p}){jwtToken}}`, { e: email, p: password })).authenticate.jwtToken;
   for (const name of ["burst", "direct"]) {
-    await ensureJob(user.id, name);
-    await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: name, j: name }, token);
+    await jobChannel(user.id, name, token);
   }
   const chanIds = Object.fromEntries((await admin.query("select name, id from app_public.channels")).rows.map((r) => [r.name, r.id]));
 
@@ -310,8 +315,7 @@ try {
   if (PHASES.includes("latency")) results.latency = [];
   for (const perTx of PHASES.includes("latency") ? PER_TX : []) {
     const chan = `lat${perTx}`;
-    await ensureJob(user.id, chan);
-    await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: chan, j: chan }, token);
+    await jobChannel(user.id, chan, token);
     const total = RATE * SECONDS;
     sendTimes = new Float64Array(total + 10);
     ackTimes = new Float64Array(total + 10);
@@ -407,8 +411,7 @@ try {
   // ---- reconnect storm: N clients connecting in the same instant, no retries (BENCH_PHASES=storm) ----
   if (PHASES.includes("storm")) {
     const n = env("BENCH_STORM_CLIENTS", 1000);
-    await ensureJob(user.id, "storm");
-    await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: "storm", j: "storm" }, token);
+    await jobChannel(user.id, "storm", token);
     const t0 = performance.now();
     const outcomes = await Promise.allSettled(Array.from({ length: n }, () => subscribe(base, "storm", token)));
     const ms = performance.now() - t0;
@@ -424,8 +427,7 @@ try {
   // quiet for BENCH_IDLE_SECONDS (75: past the streams' idle re-check), then 1 event/s for 30 s ----
   if (PHASES.includes("idle")) {
     const n = env("BENCH_IDLE_SUBS", 10000);
-    await ensureJob(user.id, "idle");
-    await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: "idle", j: "idle" }, token);
+    await jobChannel(user.id, "idle", token);
     const subs = await subscribeMany(n, base, "idle", token, 200);
     log("idle: subscribers connected", { n: subs.length });
     await sleep(env("BENCH_IDLE_SECONDS", 75) * 1000);
@@ -466,8 +468,7 @@ try {
   const pushpinMb = () => round(pushpins.reduce((a, p) => a + treeRssMb(p.child.pid!), 0), 1);
   for (const FANOUT of PHASES.includes("fanout") ? FANOUT_STEPS : []) {
     const job = `fan${FANOUT}`;
-    await ensureJob(user.id, job);
-    await gql(`mutation($n:String!,$j:String!){createChannel(input:{name:$n, sources:[{kind:"job", name:$j}]}){channel{id}}}`, { n: job, j: job }, token);
+    await jobChannel(user.id, job, token);
     const total = FANOUT_RATE * SECONDS;
     sendTimes = new Float64Array(total + 10);
     latencies = new Float64Array(total * FANOUT);

@@ -623,19 +623,34 @@ comment on function app_hidden.import_finished(bigint, bigint, bigint, integer) 
 revoke all on function app_hidden.import_finished(bigint, bigint, bigint, integer) from public;
 grant execute on function app_hidden.import_finished(bigint, bigint, bigint, integer) to tdc_user;
 
+-- Marks a running import failed and emits import.failed: the one place that does, for the import's
+-- own failure path (import_failed) and for maintenance (fail_stalled_imports). Owner only.
+create or replace function app_private.fail_import(p_import_id bigint, p_error jsonb, p_bytes bigint, p_ms integer) returns boolean
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+  i app_public.imports;
+begin
+  update app_public.imports set status = 'failed', error = p_error, bytes = p_bytes, duration_ms = p_ms, finished_at = now(), updated_at = now()
+   where id = p_import_id and status = 'running'
+   returning * into i;
+  if i.id is null then
+    return false;
+  end if;
+  perform app_hidden.emit_event(i.user_id, 'imports', null, 'import.failed',
+    jsonb_build_object('importId', i.id, 'table', i.table_name, 'mode', i.mode, 'error', p_error, 'bytes', p_bytes, 'ms', p_ms));
+  return true;
+end $$;
+comment on function app_private.fail_import(bigint, jsonb, bigint, integer) is 'Mark a running import failed (error, bytes, duration) and emit import.failed; false if it was not running. Owner only.';
+revoke all on function app_private.fail_import(bigint, jsonb, bigint, integer) from public;
+
 -- Called after the import's transaction rolled back, in a transaction of its own.
 create or replace function app_hidden.import_failed(p_import_id bigint, p_error jsonb, p_bytes bigint, p_ms integer) returns void
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   u app_public.users := app_hidden.require_user();
-  i app_public.imports;
 begin
-  update app_public.imports set status = 'failed', error = p_error, bytes = p_bytes, duration_ms = p_ms, finished_at = now(), updated_at = now()
-   where id = p_import_id and user_id = u.id and status = 'running'
-   returning * into i;
-  if i.id is not null then
-    perform app_hidden.emit_event(u.id, 'imports', null, 'import.failed',
-      jsonb_build_object('importId', i.id, 'table', i.table_name, 'mode', i.mode, 'error', p_error, 'bytes', p_bytes, 'ms', p_ms));
+  if exists (select 1 from app_public.imports i where i.id = p_import_id and i.user_id = u.id) then
+    perform app_private.fail_import(p_import_id, p_error, p_bytes, p_ms);
   end if;
 end $$;
 comment on function app_hidden.import_failed(bigint, jsonb, bigint, integer) is 'Mark an import of the caller failed (nothing of it was kept) and emit import.failed.';
@@ -647,27 +662,21 @@ grant execute on function app_hidden.import_failed(bigint, jsonb, bigint, intege
 create or replace function app_private.fail_stalled_imports(p_silence interval default '2 minutes') returns integer
 language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
 declare
-  i app_public.imports;
+  r record;
   n integer := 0;
   v_error constant jsonb := jsonb_build_object('code', 'TDI18',
     'message', 'The import was interrupted: its server stopped or lost the database before it finished. Nothing of it was kept; send it again.');
 begin
-  for i in
-    -- An import whose data transaction is committing right now holds its row: skipped, it finishes.
-    with stalled as (
-      select id from app_public.imports
-       where status = 'running' and updated_at < now() - p_silence
-         for update skip locked)
-    update app_public.imports m
-       set status = 'failed', error = v_error, finished_at = now(), updated_at = now(),
-           duration_ms = least(extract(epoch from now() - m.started_at) * 1000, 2147483647)::integer
-      from stalled s
-     where m.id = s.id
-    returning m.*
+  -- An import whose data transaction is committing right now holds its row: skipped, it finishes.
+  for r in
+    select i.id, i.bytes, least(extract(epoch from now() - i.started_at) * 1000, 2147483647)::integer as ms
+      from app_public.imports i
+     where i.status = 'running' and i.updated_at < now() - p_silence
+       for update skip locked
   loop
-    perform app_hidden.emit_event(i.user_id, 'imports', null, 'import.failed',
-      jsonb_build_object('importId', i.id, 'table', i.table_name, 'mode', i.mode, 'error', v_error, 'bytes', i.bytes, 'ms', i.duration_ms));
-    n := n + 1;
+    if app_private.fail_import(r.id, v_error, r.bytes, r.ms) then
+      n := n + 1;
+    end if;
   end loop;
   return n;
 end $$;

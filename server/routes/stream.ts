@@ -89,12 +89,14 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     }
 
     let token: string | null;
+    let tag: string;
     let auth: Auth;
     try {
       token = tokenFrom(req);
       if (!token) return refuse({ status: 401, code: "TDA07", message: "Sign in: send Authorization: Bearer <token> or ?access_token=" });
       // A link path names the token it was made for: any other token is refused.
-      if (kind !== "client" && req.params.tag !== tokenTag(token)) {
+      tag = tokenTag(token);
+      if (kind !== "client" && req.params.tag !== tag) {
         return fail(res, { status: 400, code: "TDC10", message: "This stream link belongs to another token" });
       }
       auth = await resolveToken(pool, token);
@@ -163,7 +165,7 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
 
     const base = `/channels/${encodeURIComponent(name)}/events`;
     const query = `?access_token=${encodeURIComponent(token)}`;
-    const link = more && !isLink ? `${base}/page/${tokenTag(token)}/${lastSent}${query}` : `${base}/next/${tokenTag(token)}${query}`;
+    const link = more && !isLink ? `${base}/page/${tag}/${lastSent}${query}` : `${base}/next/${tag}${query}`;
     res.status(200).set({
       "content-type": "text/event-stream",
       "cache-control": "no-cache",
