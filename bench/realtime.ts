@@ -25,6 +25,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { Worker } from "node:worker_threads";
 import pg from "pg";
 import { ROOT } from "../server/config.ts";
 import { withDatabase } from "../server/devstack/database.ts";
@@ -42,6 +43,7 @@ const FANOUT_PUSHPINS = env("BENCH_FANOUT_PUSHPINS", 1);
 const BURST = env("BENCH_BURST", 20000);
 const OUT = process.env.BENCH_OUT || "realtime";   // results file name under bench/results
 const PER_TX = String(process.env.BENCH_PER_TX || "10,1").split(",").map(Number);
+const PRODUCER_CONNS = env("BENCH_PRODUCER_CONNS", 3);
 const PHASES = String(process.env.BENCH_PHASES || "latency,throughput,fanout").split(",");
 
 const adminUrl = process.env.TDC_BENCH_ADMIN_URL!;
@@ -95,8 +97,10 @@ function treeRssMb(root: number): number {
 
 // ---- subscribers ----------------------------------------------------------------------------
 interface Sub { last: number; count: number; dupes: number; disorder: number; open: boolean; req: net.Socket }
-let sendTimes: Float64Array = new Float64Array(0);   // by k (payload key)
-let ackTimes: Float64Array = new Float64Array(0);    // by k: when the commit was acknowledged
+/** Times on this thread's clock, in arrays the producer thread writes too. */
+const shared = (n: number) => new Float64Array(new SharedArrayBuffer(8 * n));
+let sendTimes: Float64Array = shared(0);   // by k (payload key)
+let ackTimes: Float64Array = shared(0);    // by k: when the commit was acknowledged
 let commitMs: number[] = [];
 let latencies: Float64Array = new Float64Array(0);
 let latN = 0;
@@ -247,7 +251,7 @@ const childEnv = {
 const server = spawnTs("server/index.ts", { ...childEnv, TDC_SERVICE: "server" });
 let worker = spawnTs("worker/index.ts", { ...childEnv, TDC_SERVICE: "worker" });
 const pushpins = [pushpin];
-const admin = new pg.Pool({ connectionString: adminUrl, max: 12 });
+const admin = new pg.Pool({ connectionString: adminUrl, max: 4 });
 const base = pushpin.clientUrl;
 let exitCode = 0;
 
@@ -274,29 +278,19 @@ async function gql(query: string, variables: any = {}, token?: string) {
   return j.data;
 }
 
-/** Emit events at `rate`/s for `seconds`, one per autocommit statement; keys from k0. */
+/** Emit events at `rate`/s for `seconds` (perTx per transaction; keys from k0) from bench/producer.ts's thread. */
 async function produce(userId: string, job: string, rate: number, seconds: number, k0: number, perTx = 1): Promise<number> {
-  const total = Math.round(rate * seconds);
-  const t0 = performance.now();
-  let issued = 0;
-  const inflight = new Set<Promise<unknown>>();
-  while (issued < total) {
-    const due = Math.min(total, Math.floor(((performance.now() - t0) / 1000) * rate));
-    while (issued < due) {
-      const k = k0 + issued;
-      const n = Math.min(perTx, total - issued);
-      issued += n;
-      const sent = performance.now();
-      for (let j = 0; j < n; j++) sendTimes[k + j] = sent;
-      const p = admin.query("select app_hidden.emit_event($1, 'job', $2, 'job.run_succeeded', jsonb_build_object('k', g)) from generate_series($3::int, $4::int) g", [userId, job, k, k + n - 1])
-        .then(() => { const a = performance.now(); for (let j = 0; j < n; j++) ackTimes[k + j] = a; commitMs.push(a - sent); });
-      inflight.add(p);
-      p.finally(() => inflight.delete(p));
-    }
-    await sleep(2);
-  }
-  await Promise.all(inflight);
-  return total;
+  const w = new Worker(new URL("./producer.ts", import.meta.url), {
+    workerData: { adminUrl, conns: PRODUCER_CONNS, userId, job, rate, seconds, k0, perTx,
+      sendBuf: sendTimes.buffer, ackBuf: ackTimes.buffer, origin: performance.timeOrigin },
+  });
+  const done: { total: number; commitMs: number[] } = await new Promise((resolve, reject) => {
+    w.once("message", resolve);
+    w.once("error", reject);
+    w.once("exit", (code) => reject(new Error(`producer thread exited with ${code}`)));
+  });
+  commitMs.push(...done.commitMs);
+  return done.total;
 }
 
 try {
@@ -317,8 +311,8 @@ try {
     const chan = `lat${perTx}`;
     await jobChannel(user.id, chan, token);
     const total = RATE * SECONDS;
-    sendTimes = new Float64Array(total + 10);
-    ackTimes = new Float64Array(total + 10);
+    sendTimes = shared(total + 10);
+    ackTimes = shared(total + 10);
     commitMs = [];
     latencies = new Float64Array(total * SUBS);
     latAck = new Float64Array(total * SUBS);
@@ -432,7 +426,8 @@ try {
     log("idle: subscribers connected", { n: subs.length });
     await sleep(env("BENCH_IDLE_SECONDS", 75) * 1000);
     const total = 30;
-    sendTimes = new Float64Array(total + 10);
+    sendTimes = shared(total + 10);
+    ackTimes = shared(total + 10);
     latencies = new Float64Array(total * n);
     latN = 0;
     recording = true;
@@ -470,7 +465,8 @@ try {
     const job = `fan${FANOUT}`;
     await jobChannel(user.id, job, token);
     const total = FANOUT_RATE * SECONDS;
-    sendTimes = new Float64Array(total + 10);
+    sendTimes = shared(total + 10);
+    ackTimes = shared(total + 10);
     latencies = new Float64Array(total * FANOUT);
     latN = 0;
     const t0 = Date.now();
