@@ -58,5 +58,7 @@ export async function startServer(opts: ServerOptions = {}) {
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const s = await startServer();
-  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => s.close().then(() => process.exit(0)));
+  // One shutdown, whatever signals arrive (a terminal's Ctrl-C, then the supervisor's SIGTERM).
+  let closing: Promise<void> | null = null;
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => { closing ??= s.close().then(() => process.exit(0)); });
 }

@@ -26,12 +26,15 @@ test.before(async () => {
     TDC_PUSHPIN_PUBLISH_PORT: String(pub), TDC_PUSHPIN_ZMQ_BASE: String(zmq), LOG_LEVEL: "warn",
   };
   delete env.DATABASE_URL;
+  delete env.GRAPHILE_ENV;  // as on a user's machine (the test runner and ava set these)
+  delete env.NODE_ENV;
   pushpinUrl = `http://127.0.0.1:${http}`;
   serverUrl = `http://127.0.0.1:${srv}`;
 });
 
 function start(): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "server/devstack/start.ts")], { env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  // Its own process group, as in a terminal: Ctrl-C there signals the whole group.
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "server/devstack/start.ts")], { env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], detached: true });
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
   child.stderr!.on("data", (d) => (out += d));
@@ -66,6 +69,11 @@ test.serial("npm start: up, refuses a second start, reports dead parts, stops cl
     const reg = await gql(pushpinUrl, `mutation{register(input:{email:"keep@example.com",password:"keep me please"}){user{handle}}}`);
     t.is(reg.data.register.user.handle, "keep");
 
+    // Postgres has a process group of its own: a terminal's Ctrl-C (SIGINT to the whole group)
+    // must not shut it down under the server and worker, which the supervisor stops first.
+    const pgid = (pid: number) => Number(execFileSync("ps", ["-o", "pgid=", "-p", String(pid)], { encoding: "utf8" }).trim());
+    t.not(pgid(childPid(first.child.pid!, /postgres -D/)), pgid(first.child.pid!));
+
     // A second start while this one runs says so and exits non-zero, touching nothing.
     const second = start();
     t.is(await second.exited, 1);
@@ -97,9 +105,20 @@ test.serial("npm start: up, refuses a second start, reports dead parts, stops cl
     const a = await gql(pushpinUrl, `mutation{authenticate(input:{email:"keep@example.com",password:"keep me please"}){jwtToken}}`);
     t.truthy(a.data.authenticate.jwtToken, "data survived the restart");
   } finally {
-    again.child.kill("SIGINT");
+    // Ctrl-C in a terminal: SIGINT to every process of the group at once. The supervisor stops the
+    // server and worker before Postgres (which has a group of its own), so nothing complains.
+    const children = [/worker\/index\.ts/, /server\/index\.ts/].map((m) => childPid(again.child.pid!, m));
+    process.kill(-again.child.pid!, "SIGINT");
+    // A second signal while they are stopping (the supervisor sends SIGTERM too, sometimes after
+    // they are gone): one shutdown each, no crash (graphile-worker threw on a second stop).
+    for (const pid of children) process.kill(pid, "SIGTERM");
     t.is(await again.exited, 0);
   }
+  // (LOG_LEVEL=warn: the output holds only warnings and errors, and a clean start and stop has none.)
+  t.notRegex(again.output(), /"level":(40|50|60)/, `no warnings or errors starting or stopping:\n${again.output().slice(-2000)}`);
+  // Logs are JSON lines; the only other output is the banner.
+  const stray = again.output().split("\n").filter((l) => l.trim() && !l.startsWith("{") && !l.startsWith("TinyDevCRM is up.") && !l.startsWith("  "));
+  t.deepEqual(stray, []);
 });
 
 test.serial("DATABASE_URL: uses that database instead of the embedded cluster, and says clearly that pg_cron is missing there", async (t) => {

@@ -26,7 +26,8 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
     noHandleSignals: true,
     pollInterval: 2000,
     taskList: {},
-    crontab: "",
+    // Schedules are pg_cron's; an empty list also stops graphile-worker looking for ./crontab.
+    parsedCronItems: [],
     logger: workerLogger,
   });
   const forwarder = new Forwarder({ ownerUrl, publishUrls: opts.publishUrls ?? config.publishUrls });
@@ -40,5 +41,8 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const w = await startWorker();
-  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => w.stop().then(() => process.exit(0)));
+  // One shutdown, whatever signals arrive (a terminal's Ctrl-C, then the supervisor's SIGTERM):
+  // graphile-worker throws on a second runner.stop().
+  let stopping: Promise<void> | null = null;
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => { stopping ??= w.stop().then(() => process.exit(0)); });
 }

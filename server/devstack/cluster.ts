@@ -93,7 +93,10 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
   if (o.fast) Object.assign(settings, { fsync: "off", synchronous_commit: "off", full_page_writes: "off" });
   const args = ["-D", pgdata, ...Object.entries(settings).flatMap(([k, v]) => ["-c", `${k}=${v}`])];
   const logFd = openSync(join(o.dir, "postgres.log"), "a");
-  const child = spawn(join(BIN, "postgres"), args, { stdio: ["ignore", logFd, logFd], ...(user ?? {}), cwd: o.dir });
+  // Its own process group: a terminal's Ctrl-C reaches only our processes, which stop the server
+  // and the worker first and Postgres last (in the same group, Postgres shut down at once and
+  // the worker logged lost connections on every Ctrl-C).
+  const child = spawn(join(BIN, "postgres"), args, { stdio: ["ignore", logFd, logFd], ...(user ?? {}), cwd: o.dir, detached: true });
   let exited = false;
   child.on("exit", () => (exited = true));
   const adminUrl = (db = "postgres") =>

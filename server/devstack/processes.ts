@@ -6,7 +6,8 @@ import { ROOT } from "../config.ts";
 export function spawnTs(entry: string, env: Record<string, string>, opts: { inherit?: boolean } = {}): ChildProcess {
   return spawn(process.execPath, ["--import", "tsx", join(ROOT, entry)], {
     cwd: ROOT,
-    env: { ...process.env, ...env },
+    // GRAPHILE_ENV set (unless the user chose one): unset, Grafast prints an unstructured warning line.
+    env: { GRAPHILE_ENV: "production", ...process.env, ...env },
     stdio: opts.inherit === false ? ["ignore", "ignore", "pipe"] : ["ignore", "inherit", "inherit"],
   });
 }
