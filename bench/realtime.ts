@@ -15,7 +15,7 @@
  *
  * Env knobs: BENCH_PER_TX ("10,1": events per transaction in the latency runs, in that order), BENCH_SECONDS (30), BENCH_RATE (1000), BENCH_SUBS (100),
  * BENCH_FANOUT (subscriber counts tried in turn, "1000,3000,10000"; it stops
- * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10), BENCH_FANOUT_PUSHPINS (1: Pushpin instances the fan-out subscribers are spread over; the worker publishes to all),
+ * escalating after a step misses p99 ≤ 1 s or loses events), BENCH_FANOUT_RATE (10), BENCH_FANOUT_PUSHPINS (1: Pushpin instances the fan-out subscribers are spread over; the worker publishes to all), BENCH_FANOUT_DIRECT=1 (after each fan-out step, the same step with the benchmark publishing straight to Pushpin: Pushpin's own figure on this machine),
  * BENCH_BURST (20000), BENCH_PHASES ("latency,throughput,fanout"; also "storm": BENCH_STORM_CLIENTS (1000) connecting at once, no retries; "idle": BENCH_IDLE_SUBS (10000) subscribers on a channel quiet for BENCH_IDLE_SECONDS (75), then 1 event/s for 30 s), BENCH_FANOUT_ALL=1 (try every
  * step), BENCH_OUT (results file name, "realtime"), BENCH_COLD=1 (latency phase: all subscribers join
  * the fresh channel at once instead of one first and the rest 1.5 s later).
@@ -461,8 +461,15 @@ try {
   }
   const fanBases = pushpins.map((p) => p.clientUrl);
   const pushpinMb = () => round(pushpins.reduce((a, p) => a + treeRssMb(p.child.pid!), 0), 1);
-  for (const FANOUT of PHASES.includes("fanout") ? FANOUT_STEPS : []) {
-    const job = `fan${FANOUT}`;
+  /**
+   * One fan-out run: FANOUT subscribers on a fresh channel, FANOUT_RATE events/s for SECONDS.
+   * "pipeline": committed events (database → forwarder → Pushpin). "direct": the benchmark
+   * publishes the same items to Pushpin itself, one per event (the events are in the log too, the
+   * forwarder's cursor already past them, so Pushpin could still repair from the origin): what
+   * Pushpin alone achieves on this machine, for comparison.
+   */
+  const fanout = async (FANOUT: number, mode: "pipeline" | "direct") => {
+    const job = mode === "direct" ? `fan${FANOUT}d` : `fan${FANOUT}`;
     await jobChannel(user.id, job, token);
     const total = FANOUT_RATE * SECONDS;
     sendTimes = shared(total + 10);
@@ -472,17 +479,35 @@ try {
     const t0 = Date.now();
     const subs = await subscribeMany(FANOUT, fanBases, job, token, 200);
     const connectS = (Date.now() - t0) / 1000;
-    log("fan-out: subscribers connected", { n: subs.length, seconds: connectS });
+    log("fan-out: subscribers connected", { n: subs.length, seconds: connectS, mode });
     const mem0 = { pushpin_mb: pushpinMb(), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
     recording = true;
-    await produce(user.id, job, FANOUT_RATE, SECONDS, 1);
+    if (mode === "pipeline") await produce(user.id, job, FANOUT_RATE, SECONDS, 1);
+    else {
+      const chanId = (await admin.query("select id from app_public.channels where user_id = $1 and name = $2", [user.id, job])).rows[0].id;
+      await admin.query("insert into app_private.forwarder_cursors (channel_id, seq) values ($1, $2) on conflict (channel_id) do update set seq = excluded.seq", [chanId, total]);
+      await admin.query("select app_hidden.emit_event($1, 'job', $2, 'job.run_succeeded', jsonb_build_object('k', g)) from generate_series(1, $3::int) g", [user.id, job, total]);
+      const chan = `tdc-${dbName}-${chanId}`;
+      // On schedule, not one after the other (Pushpin answers a publish only after its fan-out);
+      // Pushpin's sequencer puts items that overtake each other back in prev-id order.
+      const start = performance.now();
+      const sent: Promise<unknown>[] = [];
+      for (let k = 1; k <= total; k++) {
+        const due = start + ((k - 1) * 1000) / FANOUT_RATE;
+        if (performance.now() < due) await sleep(due - performance.now());
+        sendTimes[k] = performance.now();
+        const item = { channel: chan, id: String(k), "prev-id": String(k - 1), formats: { "http-stream": { content: `id: ${k}\nevent: job.run_succeeded\ndata: {"k":${k}}\n\n` } } };
+        sent.push(...pushpins.map(async (p) => (await fetch(p.publishUrl, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ items: [item] }) })).text()));
+      }
+      await Promise.all(sent);
+    }
     const mem = { pushpin_mb: pushpinMb(), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && subs.some((s) => s.count < total)) await sleep(200);
     recording = false;
     const lat = latencies.subarray(0, latN);
     const r = {
-      target_subscribers: FANOUT, pushpin_instances: pushpins.length, subscribers: subs.length, connect_seconds: round(connectS, 1), events: total, rate: FANOUT_RATE,
+      mode, target_subscribers: FANOUT, pushpin_instances: pushpins.length, subscribers: subs.length, connect_seconds: round(connectS, 1), events: total, rate: FANOUT_RATE,
       deliveries: subs.reduce((a, s) => a + s.count, 0), expected_deliveries: total * subs.length,
       not_delivered_within_30s_after: subs.reduce((a, s) => a + (total - s.count), 0), duplicates: subs.reduce((a, s) => a + s.dupes, 0),
       out_of_order: subs.reduce((a, s) => a + s.disorder, 0), still_open: subs.filter((s) => s.open).length,
@@ -493,6 +518,11 @@ try {
     log("fan-out done", r);
     for (const s of subs) s.req.destroy();
     await sleep(2000);
+    return r;
+  };
+  for (const FANOUT of PHASES.includes("fanout") ? FANOUT_STEPS : []) {
+    const r = await fanout(FANOUT, "pipeline");
+    if (process.env.BENCH_FANOUT_DIRECT) await fanout(FANOUT, "direct");
     if (!process.env.BENCH_FANOUT_ALL && (r.subscribers < FANOUT || r.not_delivered_within_30s_after > 0 || r.latency_ms.p99 > 1000)) break;
   }
 } catch (e) {
@@ -519,7 +549,7 @@ const md = [
     `- statement sent → SSE receipt: p50 ${L.latency_ms.p50} ms, p90 ${L.latency_ms.p90} ms, p99 ${L.latency_ms.p99} ms, p99.9 ${L.latency_ms.p999} ms, max ${L.latency_ms.max} ms\n` +
     `- commit acknowledged → SSE receipt: p50 ${L.commit_ack_to_receipt_ms.p50} ms, p90 ${L.commit_ack_to_receipt_ms.p90} ms, p99 ${L.commit_ack_to_receipt_ms.p99} ms, max ${L.commit_ack_to_receipt_ms.max} ms\n` +
     `- statement sent → commit acknowledged: p50 ${L.statement_send_to_commit_ack_ms.p50} ms, p99 ${L.statement_send_to_commit_ack_ms.p99} ms\n`),
-  ...(F ?? []).map((F: any) => `## Fan-out: ${F.subscribers} of ${F.target_subscribers} subscribers connected (${F.connect_seconds} s) over ${F.pushpin_instances} Pushpin instance(s), ${F.rate} events/s for ${SECONDS} s\n\n` +
+  ...(F ?? []).map((F: any) => `## Fan-out${F.mode === "direct" ? " (published straight to Pushpin by the benchmark)" : ""}: ${F.subscribers} of ${F.target_subscribers} subscribers connected (${F.connect_seconds} s) over ${F.pushpin_instances} Pushpin instance(s), ${F.rate} events/s for ${SECONDS} s\n\n` +
     `- deliveries ${F.deliveries}/${F.expected_deliveries}; not delivered 30 s after the last event ${F.not_delivered_within_30s_after}, duplicates ${F.duplicates}, out of order ${F.out_of_order}; streams still open ${F.still_open}\n` +
     `- delivery latency: p50 ${F.latency_ms.p50} ms, p99 ${F.latency_ms.p99} ms, max ${F.latency_ms.max} ms\n` +
     `- memory (RSS) while connected: Pushpin (all instances) ${F.memory_idle_connected.pushpin_mb} MB, server ${F.memory_idle_connected.server_mb} MB, worker ${F.memory_idle_connected.worker_mb} MB; during load: Pushpin ${F.memory_during_load.pushpin_mb} MB, server ${F.memory_during_load.server_mb} MB, worker ${F.memory_during_load.worker_mb} MB\n`),
