@@ -46,19 +46,19 @@ export async function startServer(opts: ServerOptions = {}) {
   await new Promise<void>((res) => server.listen(opts.port ?? config.serverPort, opts.host ?? config.serverHost, res));
   const addr = server.address() as { port: number };
   logger.info({ port: addr.port }, "server listening");
+  let closing: Promise<void> | null = null;
   return {
     port: addr.port, app, server, pool,
-    close: async () => {
+    // Idempotent: a terminal's Ctrl-C and then the supervisor's SIGTERM both ask.
+    close: () => (closing ??= (async () => {
       server.closeAllConnections?.();
       await new Promise<void>((r) => server.close(() => r()));
       await pool.end();
-    },
+    })()),
   };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const s = await startServer();
-  // One shutdown, whatever signals arrive (a terminal's Ctrl-C, then the supervisor's SIGTERM).
-  let closing: Promise<void> | null = null;
-  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => { closing ??= s.close().then(() => process.exit(0)); });
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => s.close().then(() => process.exit(0)));
 }

@@ -33,16 +33,16 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
   const forwarder = new Forwarder({ ownerUrl, publishUrls: opts.publishUrls ?? config.publishUrls });
   await forwarder.start();
   logger.info("worker started");
+  let stopping: Promise<void> | null = null;
   return {
     runner, pool, forwarder,
-    stop: async () => { await forwarder.stop(); await runner.stop(); await pool.end(); },
+    // Idempotent: a terminal's Ctrl-C and then the supervisor's SIGTERM both ask (graphile-worker
+    // throws on a second runner.stop()).
+    stop: () => (stopping ??= (async () => { await forwarder.stop(); await runner.stop(); await pool.end(); })()),
   };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const w = await startWorker();
-  // One shutdown, whatever signals arrive (a terminal's Ctrl-C, then the supervisor's SIGTERM):
-  // graphile-worker throws on a second runner.stop().
-  let stopping: Promise<void> | null = null;
-  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => { stopping ??= w.stop().then(() => process.exit(0)); });
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => w.stop().then(() => process.exit(0)));
 }
