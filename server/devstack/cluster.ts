@@ -18,6 +18,10 @@ export interface ClusterOptions {
   superuserPassword: string;
   cronDatabase: string;   // cron.database_name
   fast?: boolean;         // fsync off etc. (tests, benchmarks of our own code only)
+  // A process group of its own (npm start): a terminal's Ctrl-C then reaches only the supervisor,
+  // which stops Postgres last. Only for a caller that stops it on SIGINT/SIGTERM itself; otherwise
+  // Ctrl-C should take Postgres down with the group.
+  ownProcessGroup?: boolean;
 }
 
 export interface Cluster {
@@ -93,10 +97,9 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
   if (o.fast) Object.assign(settings, { fsync: "off", synchronous_commit: "off", full_page_writes: "off" });
   const args = ["-D", pgdata, ...Object.entries(settings).flatMap(([k, v]) => ["-c", `${k}=${v}`])];
   const logFd = openSync(join(o.dir, "postgres.log"), "a");
-  // Its own process group: a terminal's Ctrl-C reaches only our processes, which stop the server
-  // and the worker first and Postgres last (in the same group, Postgres shut down at once and
-  // the worker logged lost connections on every Ctrl-C).
-  const child = spawn(join(BIN, "postgres"), args, { stdio: ["ignore", logFd, logFd], ...(user ?? {}), cwd: o.dir, detached: true });
+  // (In the supervisor's group, Postgres shut down at once on Ctrl-C, under the still-running
+  // worker, which logged lost connections every time.)
+  const child = spawn(join(BIN, "postgres"), args, { stdio: ["ignore", logFd, logFd], ...(user ?? {}), cwd: o.dir, detached: !!o.ownProcessGroup });
   let exited = false;
   child.on("exit", () => (exited = true));
   const adminUrl = (db = "postgres") =>

@@ -21,10 +21,11 @@ export function stopChild(child: ChildProcess | null | undefined, graceMs = 5000
   });
 }
 
-export async function waitForHttp(url: string, timeoutMs: number, okStatuses = [200]): Promise<void> {
+/** Poll `url` until it answers one of `okStatuses`; throws after timeoutMs; returns early once `quit()` says so. */
+export async function waitForHttp(url: string, timeoutMs: number, okStatuses = [200], quit: () => boolean = () => false): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = "";
-  while (Date.now() < deadline) {
+  while (Date.now() < deadline && !quit()) {
     try {
       const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
       last = `${r.status} ${await r.text()}`;
@@ -32,5 +33,6 @@ export async function waitForHttp(url: string, timeoutMs: number, okStatuses = [
     } catch (e) { last = (e as Error).message; }
     await new Promise((r) => setTimeout(r, 200));
   }
+  if (quit()) return;
   throw new Error(`${url} not ready after ${timeoutMs} ms (last: ${last.slice(0, 500)})`);
 }

@@ -34,11 +34,14 @@ let pushpin: Pushpin | null = null;
 let server: ReturnType<typeof spawnTs> | null = null;
 let worker: ReturnType<typeof spawnTs> | null = null;
 let stopping = false;
+/** The start sequence; a Ctrl-C during it lets the step in flight finish, then stops what started. */
+let startup: Promise<void> = Promise.resolve();
 
 async function shutdown(code = 0) {
   if (stopping) return;
   stopping = true;
   logger.info("stopping");
+  await startup;
   await Promise.all([stopChild(worker), stopChild(server)]);
   await pushpin?.stop();
   await cluster?.stop();
@@ -48,14 +51,15 @@ async function shutdown(code = 0) {
 process.on("SIGINT", () => void shutdown(0));
 process.on("SIGTERM", () => void shutdown(0));
 
-try {
+startup = (async () => { try {
   let adminUrl: string;
   if (config.adminDatabaseUrl) {
     adminUrl = config.adminDatabaseUrl;
   } else {
-    cluster = await startCluster({ dir: join(config.dataDir, "pg"), port: config.pgPort, superuserPassword: secrets.superuser, cronDatabase: config.dbName });
+    cluster = await startCluster({ dir: join(config.dataDir, "pg"), port: config.pgPort, superuserPassword: secrets.superuser, cronDatabase: config.dbName, ownProcessGroup: true });
     adminUrl = cluster.adminUrl();
   }
+  if (stopping) return;
   const { cron } = await bootstrapDatabase(adminUrl, config.dbName, { owner: secrets.owner, authenticator: secrets.authenticator });
   if (!cron) {
     logger.warn({ db: config.dbName }, "pg_cron is not available in this database: scheduled refreshes and retention jobs are disabled. " +
@@ -76,6 +80,7 @@ try {
     child.on("exit", (code, signal) => {
       if (!stopping) logger.error({ component: name, code, signal }, `${name} exited; /healthz reports it down. Restart npm start to bring it back.`);
     });
+  if (stopping) return;
   server = spawnTs("server/index.ts", { ...childEnv, TDC_SERVICE: "server" });
   watch("server", server);
   worker = spawnTs("worker/index.ts", { ...childEnv, TDC_SERVICE: "worker" });
@@ -89,7 +94,16 @@ try {
   });
   cluster?.child.on("exit", (code) => { if (!stopping) logger.error({ component: "postgres", code }, "postgres exited"); });
 
-  await waitForHttp(`http://127.0.0.1:${config.pushpinHttpPort}/healthz`, 60_000);
+  // Up when /healthz through Pushpin says every component is. If one stays down (a DATABASE_URL
+  // database without pg_cron, say), start anyway after 20 s and say what is missing; fail only when
+  // the path through Pushpin never answers at all.
+  const healthUrl = `http://127.0.0.1:${config.pushpinHttpPort}/healthz`;
+  const quit = () => stopping;
+  await waitForHttp(healthUrl, 20_000, [200], quit).catch(() => waitForHttp(healthUrl, 40_000, [200, 503], quit));
+  if (stopping) return;
+  const health = await (await fetch(healthUrl)).json() as { components: Record<string, { status: string; detail?: string }> };
+  const down = Object.entries(health.components).filter(([, c]) => c.status !== "ok");
+  if (down.length) logger.warn({ down: Object.fromEntries(down) }, `running without: ${down.map(([k]) => k).join(", ")} (see /healthz)`);
   const base = `http://localhost:${config.pushpinHttpPort}`;
   console.log([
     "",
@@ -102,6 +116,7 @@ try {
     "",
   ].join("\n"));
 } catch (e) {
+  if (stopping) return;
   logger.error({ err: (e as Error).message }, "start failed");
-  await shutdown(1);
-}
+  void shutdown(1);  // (it waits for this function to return)
+} })();
