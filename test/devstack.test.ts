@@ -8,7 +8,7 @@
 import test from "ava";
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { mkdtempSync, existsSync, copyFileSync } from "node:fs";
+import { mkdtempSync, existsSync, copyFileSync, readFileSync } from "node:fs";
 import { ROOT } from "../server/config.ts";
 import { freePort, freePortRange, gql } from "./helpers/stack.ts";
 import { eventually } from "./helpers/wait.ts";
@@ -152,8 +152,14 @@ test.serial("DATABASE_URL: uses that database instead of the embedded cluster, a
   }
 });
 
+/** Processes of this file's stacks (other test files run servers and workers of their own meanwhile). */
+function ours(): string[] {
+  const env = (pid: string) => { try { return readFileSync(`/proc/${pid}/environ`, "utf8"); } catch { return ""; } };
+  return execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" }).split("\n")
+    .filter((l) => l.trim() && (l.includes(dataDir) || env(l.trim().split(/\s+/)[0]).includes(`TDC_DATA_DIR=${dataDir}\0`)));
+}
+
 test.serial("Ctrl-C while npm start is still starting leaves no process behind", async (t) => {
-  const ours = () => execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" }).split("\n").filter((l) => l.includes(dataDir));
   t.deepEqual(ours(), [], "nothing of ours runs before");
   // At these delays the signal lands in different start steps (node start-up, Postgres, bootstrap,
   // Pushpin, the health wait) or after; whichever, every process started must be gone afterwards.
@@ -168,4 +174,25 @@ test.serial("Ctrl-C while npm start is still starting leaves no process behind",
     t.deepEqual(left, [], `left running after Ctrl-C at ${ms} ms`);
     for (const l of left) try { process.kill(Number(l.trim().split(/\s+/)[0]), "SIGKILL"); } catch { /* gone */ }
   }
+});
+
+test.serial("npm start after one was killed outright (kill -9) stops what that one left running, then comes up", async (t) => {
+  const killOurs = () => { for (const l of ours()) try { process.kill(Number(l.trim().split(/\s+/)[0]), "SIGKILL"); } catch { /* gone */ } };
+  t.teardown(killOurs);  // whatever happens, nothing of this test keeps running
+  const crashed = start();
+  await eventually(async () => (await health(pushpinUrl)).status === 200, 90_000, 300);
+  process.kill(crashed.child.pid!, "SIGKILL");
+  await crashed.exited;
+  t.true(ours().some((l) => l.includes("pgdata")), "Postgres outlives a killed supervisor (the case this is about)");
+  const again = start();
+  try {
+    await eventually(async () => again.output().includes("TinyDevCRM is up."), 90_000, 300);
+    t.regex(again.output(), /left running by an npm start that did not stop cleanly/);
+    t.is((await health(pushpinUrl)).status, 200);
+  } finally {
+    process.kill(-again.child.pid!, "SIGINT");
+    t.is(await again.exited, 0, again.output().slice(-2000));
+  }
+  await eventually(async () => ours().length === 0, 15_000).catch(() => {});
+  t.deepEqual(ours(), []);
 });

@@ -14,6 +14,7 @@ import { bootstrapDatabase, withDatabase } from "./database.ts";
 import { ROLES } from "../roles.ts";
 import { startPushpin, type Pushpin } from "./pushpin.ts";
 import { spawnTs, stopChild, waitForHttp } from "./processes.ts";
+import { childrenFile, recordChild, stopLeftovers } from "./leftovers.ts";
 
 mkdirSync(config.dataDir, { recursive: true });
 const lockFile = join(config.dataDir, "tdc.pid");
@@ -27,6 +28,8 @@ if (existsSync(lockFile)) {
   }
 }
 writeFileSync(lockFile, String(process.pid));
+// The previous start is gone (no live pid in the lock): stop whatever it left running.
+await stopLeftovers(config.dataDir);
 
 const secrets = loadSecrets(config.dataDir);
 let cluster: Cluster | null = null;
@@ -45,6 +48,7 @@ async function shutdown(code = 0) {
   await Promise.all([stopChild(worker), stopChild(server)]);
   await pushpin?.stop();
   await cluster?.stop();
+  try { unlinkSync(childrenFile(config.dataDir)); } catch {}
   try { unlinkSync(lockFile); } catch {}
   process.exit(code);
 }
@@ -58,6 +62,7 @@ startup = (async () => { try {
   } else {
     cluster = await startCluster({ dir: join(config.dataDir, "pg"), port: config.pgPort, superuserPassword: secrets.superuser, cronDatabase: config.dbName, ownProcessGroup: true });
     adminUrl = cluster.adminUrl();
+    recordChild(config.dataDir, "postgres", cluster.child.pid);
   }
   if (stopping) return;
   const { cron } = await bootstrapDatabase(adminUrl, config.dbName, { owner: secrets.owner, authenticator: secrets.authenticator });
@@ -83,12 +88,15 @@ startup = (async () => { try {
   if (stopping) return;
   server = spawnTs("server/index.ts", { ...childEnv, TDC_SERVICE: "server" });
   watch("server", server);
+  recordChild(config.dataDir, "server", server.pid);
   worker = spawnTs("worker/index.ts", { ...childEnv, TDC_SERVICE: "worker" });
   watch("worker", worker);
+  recordChild(config.dataDir, "worker", worker.pid);
   pushpin = await startPushpin({
     id: "main", dataDir: config.dataDir, httpPort: config.pushpinHttpPort, publishPort: config.pushpinPublishPort,
     zmqBase: config.pushpinZmqBase, origin: `${config.serverHost}:${config.serverPort}`, sigKey: secrets.gripSigKey,
   });
+  recordChild(config.dataDir, "pushpin", pushpin.child.pid);
   pushpin.child.on("exit", (code, signal) => {
     if (!stopping) logger.error({ component: "pushpin", code, signal }, "pushpin exited; /healthz reports it down. Restart npm start to bring it back.");
   });
