@@ -16,12 +16,16 @@ const ORDER: Name[] = ["server", "worker", "pushpin", "postgres"];
 
 export function childrenFile(dataDir: string) { return join(dataDir, "children.json"); }
 
+/** The recorded pids; an unreadable record (a crash mid-write) counts as none. */
+function recorded(f: string): Partial<Record<Name, number>> {
+  try { return existsSync(f) ? JSON.parse(readFileSync(f, "utf8")) : {}; } catch { return {}; }
+}
+
 /** Record a started child (pushpin: its process group leader). */
 export function recordChild(dataDir: string, name: Name, pid: number | undefined) {
   if (!pid) return;
   const f = childrenFile(dataDir);
-  const all = existsSync(f) ? JSON.parse(readFileSync(f, "utf8")) : {};
-  writeFileSync(f, JSON.stringify({ ...all, [name]: pid }));
+  writeFileSync(f, JSON.stringify({ ...recorded(f), [name]: pid }));
 }
 
 /** The process's command line; "" once it is gone (or a zombie waiting to be reaped). */
@@ -33,7 +37,7 @@ function cmdline(pid: number): string {
 export async function stopLeftovers(dataDir: string) {
   const f = childrenFile(dataDir);
   if (!existsSync(f)) return;
-  const pids: Partial<Record<Name, number>> = JSON.parse(readFileSync(f, "utf8"));
+  const pids = recorded(f);
   // What each one's command line must contain to be ours.
   const marks: Record<Name, string> = {
     server: join(ROOT, "server/index.ts"), worker: join(ROOT, "worker/index.ts"),
