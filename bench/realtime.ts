@@ -32,6 +32,7 @@ import { withDatabase } from "../server/devstack/database.ts";
 import { startPushpin } from "../server/devstack/pushpin.ts";
 import { spawnTs, stopChild, waitForHttp } from "../server/devstack/processes.ts";
 import { ROLES } from "../server/roles.ts";
+import { sseEvent } from "../server/grip.ts";
 
 const env = (k: string, d: number) => Number(process.env[k] || d);
 const SECONDS = env("BENCH_SECONDS", 30);
@@ -255,6 +256,12 @@ const admin = new pg.Pool({ connectionString: adminUrl, max: 4 });
 const base = pushpin.clientUrl;
 let exitCode = 0;
 
+/** Event k as the benchmark publishes it straight to Pushpin: one item, formatted as the forwarder formats events. */
+const directItem = (channel: string, k: number) => ({
+  channel, id: String(k), "prev-id": String(k - 1),
+  formats: { "http-stream": { content: sseEvent(k, "job.run_succeeded", `{"k":${k}}`) } },
+});
+
 /** Job sources must name a job of the user: placeholder view + job rows (never scheduled). */
 async function ensureJob(userId: string, job: string) {
   await admin.query(
@@ -390,7 +397,7 @@ try {
     for (let i = 0; i < BURST; i += 100) {
       const items = [];
       for (let k = i + 1; k <= Math.min(BURST, i + 100); k++) {
-        items.push({ channel: chan, id: String(k), "prev-id": String(k - 1), formats: { "http-stream": { content: `id: ${k}\nevent: job.run_succeeded\ndata: {"k":${k}}\n\n` } } });
+        items.push(directItem(chan, k));
       }
       const r = await fetch(pushpin.publishUrl, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ items }) });
       await r.text();
@@ -496,7 +503,7 @@ try {
         const due = start + ((k - 1) * 1000) / FANOUT_RATE;
         if (performance.now() < due) await sleep(due - performance.now());
         sendTimes[k] = performance.now();
-        const item = { channel: chan, id: String(k), "prev-id": String(k - 1), formats: { "http-stream": { content: `id: ${k}\nevent: job.run_succeeded\ndata: {"k":${k}}\n\n` } } };
+        const item = directItem(chan, k);
         sent.push(...pushpins.map(async (p) => (await fetch(p.publishUrl, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ items: [item] }) })).text()));
       }
       await Promise.all(sent);

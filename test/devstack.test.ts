@@ -159,6 +159,10 @@ function ours(): string[] {
   return execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" }).split("\n")
     .filter((l) => l.trim() && (l.includes(dataDir) || env(l.trim().split(/\s+/)[0]).includes(`TDC_DATA_DIR=${dataDir}\0`)));
 }
+/** SIGKILL whatever of this file's stacks still runs (so a failing test leaves nothing behind). */
+function killOurs() {
+  for (const l of ours()) try { process.kill(Number(l.trim().split(/\s+/)[0]), "SIGKILL"); } catch { /* gone */ }
+}
 
 test.serial("Ctrl-C while npm start is still starting leaves no process behind", async (t) => {
   t.deepEqual(ours(), [], "nothing of ours runs before");
@@ -171,14 +175,12 @@ test.serial("Ctrl-C while npm start is still starting leaves no process behind",
     const code = await run.exited;
     t.true(code === 0 || code === null, `exit ${code} after Ctrl-C at ${ms} ms:\n${run.output().slice(-1500)}`);
     await eventually(async () => ours().length === 0, 15_000).catch(() => {});
-    const left = ours();
-    t.deepEqual(left, [], `left running after Ctrl-C at ${ms} ms`);
-    for (const l of left) try { process.kill(Number(l.trim().split(/\s+/)[0]), "SIGKILL"); } catch { /* gone */ }
+    t.deepEqual(ours(), [], `left running after Ctrl-C at ${ms} ms`);
+    killOurs();
   }
 });
 
 test.serial("npm start after one was killed outright (kill -9) stops what that one left running, then comes up", async (t) => {
-  const killOurs = () => { for (const l of ours()) try { process.kill(Number(l.trim().split(/\s+/)[0]), "SIGKILL"); } catch { /* gone */ } };
   t.teardown(killOurs);  // whatever happens, nothing of this test keeps running
   const crashed = start();
   await eventually(async () => (await health(pushpinUrl)).status === 200, 90_000, 300);
