@@ -14,8 +14,18 @@
  *
  * Only one forwarder publishes at a time (session advisory lock on the LISTEN
  * connection): a second worker process waits as a hot standby.
+ *
+ * Pacing: Pushpin answers a publish once its handler has passed the item to every held
+ * stream, while its connection manager is still writing to those sockets. With thousands of
+ * subscribers on a channel a publish takes hundreds of ms; publishing the next one at once
+ * made the two compete for the CPUs and piled up per-stream queues (10,000 subscribers at
+ * 10 events/s: p99 ~8 s, a tail to 10.5 s). So after a publish slower than `pauseAfterMs`
+ * the forwarder waits `pausePercent` of its duration (at most `maxPauseMs`) before the
+ * next one; the events committed meanwhile travel together (p99 ~1.2–1.3 s in the same
+ * runs, docs/realtime.md). Publishes to a few hundred subscribers take a few ms: no pause.
  */
 import http from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
 import https from "node:https";
 import pg from "pg";
 import { logger } from "../server/log.ts";
@@ -35,6 +45,12 @@ export interface ForwarderOptions {
   ownerUrl: string;
   publishUrls: string[];
   pollMs?: number;
+  /** Pause after a publish, as a percentage of its duration (0 = never). Default 50. */
+  pausePercent?: number;
+  /** Only publishes that took at least this long are followed by a pause. Default 50 ms. */
+  pauseAfterMs?: number;
+  /** Longest pause. Default 1000 ms. */
+  maxPauseMs?: number;
 }
 
 interface Item { channel: string; id?: string; "prev-id"?: string; "no-seq"?: boolean; formats: Record<string, unknown> }
@@ -62,7 +78,13 @@ export class Forwarder {
   /** Published events since start (for tests and benchmarks). */
   published = 0;
   /** Work since the last stats line (logged every 10 s while there is any). */
-  private stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0 };
+  private stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0, pauses: 0, pauseMs: 0 };
+  /** Pauses after slow publishes since start (see the header's "Pacing"). */
+  pauses = 0;
+  /** Longest publish (all instances) since the last pause decision, ms. */
+  private slowestPublishMs = 0;
+  /** Aborted by stop(): ends a pause at once. */
+  private stopSignal = new AbortController();
   private statsTimer: NodeJS.Timeout | null = null;
 
   constructor(private opts: ForwarderOptions) {
@@ -79,8 +101,8 @@ export class Forwarder {
       const s = this.stats;
       if (!s.cycles) return;
       logger.info({ cycles: s.cycles, events: s.events, items: s.items, avgReadMs: +(s.readMs / s.cycles).toFixed(2),
-        avgPublishMs: +(s.publishMs / s.cycles).toFixed(2) }, "forwarder: last 10 s");
-      this.stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0 };
+        avgPublishMs: +(s.publishMs / s.cycles).toFixed(2), pauses: s.pauses, pauseMs: Math.round(s.pauseMs) }, "forwarder: last 10 s");
+      this.stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0, pauses: 0, pauseMs: 0 };
     }, 10_000);
     this.statsTimer.unref();
     this.loopDone = this.loop();
@@ -88,6 +110,7 @@ export class Forwarder {
 
   async stop() {
     this.stopped = true;
+    this.stopSignal.abort();
     if (this.timer) clearInterval(this.timer);
     if (this.statsTimer) clearInterval(this.statsTimer);
     this.poke();
@@ -147,7 +170,8 @@ export class Forwarder {
       try {
         if (await this.ensureLeader()) {
           // Keep going while there is more than one batch waiting.
-          while (!this.stopped && (await this.cycle())) { /* more */ }
+          while (!this.stopped && (await this.cycle())) await this.pace();
+          await this.pace();
         }
         backoff = 0;
       } catch (e) {
@@ -157,6 +181,19 @@ export class Forwarder {
         await new Promise((r) => setTimeout(r, backoff));
       }
     }
+  }
+
+  /** After a slow publish, give Pushpin time to write it out (see the header's "Pacing"). */
+  private async pace() {
+    const took = this.slowestPublishMs;
+    this.slowestPublishMs = 0;
+    const { pausePercent = 50, pauseAfterMs = 50, maxPauseMs = 1000 } = this.opts;
+    if (!took || !pausePercent || took < pauseAfterMs || this.stopped) return;
+    const ms = Math.min((took * pausePercent) / 100, maxPauseMs);
+    this.pauses++;
+    this.stats.pauses++;
+    this.stats.pauseMs += ms;
+    await sleep(ms, undefined, { signal: this.stopSignal.signal }).catch(() => { /* stopped */ });
   }
 
   /** One pass: pending re-checks, then new events. Returns true when more events are waiting. */
@@ -199,7 +236,9 @@ export class Forwarder {
       if (!batch.length) return;
       const t1 = performance.now();
       await this.publish(batch);
-      this.stats.publishMs += performance.now() - t1;
+      const took = performance.now() - t1;
+      this.stats.publishMs += took;
+      this.slowestPublishMs = Math.max(this.slowestPublishMs, took);
       this.stats.items += batch.length;
       for (const [id, seq] of upto) {
         this.accepted.set(id, Number(seq));

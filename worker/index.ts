@@ -7,7 +7,7 @@ import { run, Logger } from "graphile-worker";
 import { config } from "../server/config.ts";
 import { logger } from "../server/log.ts";
 import { makePool } from "../server/pools.ts";
-import { Forwarder } from "./forwarder.ts";
+import { Forwarder, type ForwarderOptions } from "./forwarder.ts";
 
 // graphile-worker's log lines, as structured JSON through our logger.
 const workerLogger = new Logger((scope) => (level, message, meta) => {
@@ -15,7 +15,7 @@ const workerLogger = new Logger((scope) => (level, message, meta) => {
   logger[fn]({ src: "graphile-worker", ...scope, ...(meta as object) }, message);
 });
 
-export async function startWorker(opts: { ownerUrl?: string; publishUrls?: string[] } = {}) {
+export async function startWorker(opts: { ownerUrl?: string; publishUrls?: string[]; forwarder?: Partial<ForwarderOptions> } = {}) {
   const ownerUrl = opts.ownerUrl ?? config.ownerUrl;
   if (!ownerUrl) throw new Error("TDC_OWNER_URL is not set (npm start sets it for you)");
   // application_name marks the worker's connections; /healthz counts them.
@@ -30,7 +30,10 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
     parsedCronItems: [],
     logger: workerLogger,
   });
-  const forwarder = new Forwarder({ ownerUrl, publishUrls: opts.publishUrls ?? config.publishUrls });
+  const forwarder = new Forwarder({
+    ownerUrl, publishUrls: opts.publishUrls ?? config.publishUrls,
+    pausePercent: config.publishPausePercent, pauseAfterMs: config.publishPauseAfterMs, ...opts.forwarder,
+  });
   await forwarder.start();
   logger.info("worker started");
   let stopping: Promise<void> | null = null;
