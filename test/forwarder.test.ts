@@ -1,0 +1,147 @@
+/**
+ * The forwarder (worker/forwarder.ts) with a real Pushpin, one worker per test:
+ * - which channels it reads: those hinted by NOTIFY payloads (a whole backlog included),
+ *   every channel on the poll tick (a lost NOTIFY costs at most one poll interval);
+ * - pacing: after a publish that took at least pauseAfterMs it waits pausePercent of that
+ *   duration (capped) before the next publish, and the events committed meanwhile travel as
+ *   one item. Here every publish counts as slow (pauseAfterMs 0) and the pause is always the
+ *   cap, so the behaviour does not hang on how fast this machine's Pushpin answers.
+ */
+import test from "ava";
+import { createTestDb, type TestDb } from "./helpers/db.ts";
+import { startStack, signUp, type Stack, type TestUser } from "./helpers/stack.ts";
+import { eventually } from "./helpers/wait.ts";
+import { createChannel, emitJobEvents, openSse, useJobFixtures } from "./helpers/realtime.ts";
+import { startWorker } from "../worker/index.ts";
+
+let db: TestDb;
+let stack: Stack;
+let a: TestUser;
+
+test.before(async () => {
+  db = await createTestDb();
+  useJobFixtures(db);
+  stack = await startStack(db, { pushpin: true });
+  a = await signUp(stack.url);
+});
+test.after.always(async () => {
+  await stack?.stop();
+  await db?.drop();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const ids = (evs: Array<{ id: string }>) => evs.map((e) => Number(e.id));
+const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+test.serial("a channel's NOTIFY makes the forwarder read that channel only, its whole backlog included", async (t) => {
+  // No poll tick during the test: only the start-up read covers every channel.
+  const worker = await startWorker({ ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl], forwarder: { pollMs: 600_000 } });
+  try {
+    t.falsy((await createChannel(stack.url, a, "hinted", [{ kind: "job", name: "h" }])).errors);
+    const s = openSse(`${stack.url}/channels/hinted/events`, { authorization: `Bearer ${a.token}` });
+    await eventually(async () => s.state.status === 200);
+    const full0 = worker.forwarder.reads.full;
+    // 4,500 events in one transaction (one NOTIFY): more than one read's page (2,000).
+    await emitJobEvents(db, a.id, "h", 1, 4500, 4500);
+    await emitJobEvents(db, a.id, "h", 4501, 3);
+    await eventually(async () => s.events.length >= 4503, 20_000);
+    t.deepEqual(ids(s.events), range(1, 4503));
+    t.is(worker.forwarder.reads.full, full0, "no read of every channel was needed");
+    t.true(worker.forwarder.reads.hinted >= 3, "4,503 events need 3 pages at least");
+    s.close();
+  } finally {
+    await worker.stop();
+  }
+});
+
+test.serial("an event whose NOTIFY never came is published on the next poll tick; odd payloads are harmless", async (t) => {
+  const worker = await startWorker({ ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl], forwarder: { pollMs: 300 } });
+  try {
+    t.falsy((await createChannel(stack.url, a, "quiet", [{ kind: "job", name: "q" }])).errors);
+    const s = openSse(`${stack.url}/channels/quiet/events`, { authorization: `Bearer ${a.token}` });
+    await eventually(async () => s.state.status === 200);
+    await emitJobEvents(db, a.id, "q", 1, 1);
+    await eventually(async () => s.events.length >= 1);
+    // Written the way emit_event does, minus the NOTIFY.
+    const chanId = (await db.admin.query("select id from app_public.channels where name = 'quiet' and user_id = $1", [a.id])).rows[0].id;
+    await db.admin.query(
+      `with h as (update app_private.channel_heads set last_seq = last_seq + 1 where channel_id = $1 returning last_seq)
+       insert into app_private.events (channel_id, seq, type, data) select $1, last_seq, 'job.run_succeeded', '{"n":2}' from h`, [chanId]);
+    await eventually(async () => s.events.length >= 2);
+    for (const payload of ["99999999999", "abc", "0", "-1", "1e3", "9".repeat(40)]) {
+      await db.admin.query("select pg_notify('tdc_events', $1)", [payload]);
+    }
+    await emitJobEvents(db, a.id, "q", 3, 1);
+    await eventually(async () => s.events.length >= 3);
+    t.deepEqual(ids(s.events), [1, 2, 3]);
+    t.deepEqual(s.events.map((e) => e.data), ['{"n":1}', '{"n":2}', '{"n":3}']);
+    s.close();
+  } finally {
+    await worker.stop();
+  }
+});
+
+test.serial("events committed during a pause after a slow publish are published together, in order", async (t) => {
+  const worker = await startWorker({
+    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl],
+    forwarder: { pauseAfterMs: 0, pausePercent: 100_000_000, maxPauseMs: 1500 },
+  });
+  try {
+    t.falsy((await createChannel(stack.url, a, "paced", [{ kind: "job", name: "j" }])).errors);
+    const s = openSse(`${stack.url}/channels/paced/events`, { authorization: `Bearer ${a.token}` });
+    await eventually(async () => s.state.status === 200);
+    const items0 = worker.forwarder.published;
+    // 8 transactions, 100 ms apart: without a pause each would be its own publish.
+    for (let n = 1; n <= 8; n++) {
+      await emitJobEvents(db, a.id, "j", n, 1);
+      await sleep(100);
+    }
+    await eventually(async () => s.events.length >= 8);
+    t.deepEqual(s.events.map((e) => Number(e.id)), [1, 2, 3, 4, 5, 6, 7, 8]);
+    const items = worker.forwarder.published - items0;
+    t.true(items <= 3, `8 events in ${items} items (1.5 s pauses): the pause groups them`);
+    t.true(worker.forwarder.pauses >= 1);
+    s.close();
+  } finally {
+    await worker.stop();
+  }
+});
+
+test.serial("stop() ends a pause at once (a 60 s pause does not hold the worker)", async (t) => {
+  t.timeout(10_000);
+  const worker = await startWorker({
+    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl],
+    forwarder: { pauseAfterMs: 0, pausePercent: 100_000_000, maxPauseMs: 60_000 },
+  });
+  let stopped = false;
+  try {
+    t.falsy((await createChannel(stack.url, a, "stopping", [{ kind: "job", name: "k" }])).errors);
+    const pauses0 = worker.forwarder.pauses;
+    await emitJobEvents(db, a.id, "k", 1, 1);
+    await eventually(async () => worker.forwarder.pauses > pauses0);
+    // Now in a 60 s pause (pausePercent makes any publish's pause the cap).
+    await worker.stop();
+    stopped = true;
+    t.pass();
+  } finally {
+    if (!stopped) void worker.stop();
+  }
+});
+
+test.serial("publishes faster than pauseAfterMs are not followed by a pause", async (t) => {
+  const worker = await startWorker({
+    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl],
+    forwarder: { pauseAfterMs: 60_000, pausePercent: 100_000_000, maxPauseMs: 1500 },
+  });
+  try {
+    t.falsy((await createChannel(stack.url, a, "unpaced", [{ kind: "job", name: "u" }])).errors);
+    const items0 = worker.forwarder.published;
+    for (let n = 1; n <= 5; n++) {
+      await emitJobEvents(db, a.id, "u", n, 1);
+      await eventually(async () => worker.forwarder.published >= items0 + n);
+    }
+    t.is(worker.forwarder.pauses, 0);
+  } finally {
+    await worker.stop();
+  }
+});
