@@ -9,7 +9,10 @@
  */
 import test from "ava";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
-import { startStack, signUp, type Stack, type TestUser } from "./helpers/stack.ts";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { startStack, signUp, freePort, freePortRange, type Stack, type TestUser } from "./helpers/stack.ts";
+import { startPushpin, type Pushpin } from "../server/devstack/pushpin.ts";
 import { eventually } from "./helpers/wait.ts";
 import { createChannel, emitJobEvents, openSse, useJobFixtures } from "./helpers/realtime.ts";
 import { startWorker } from "../worker/index.ts";
@@ -40,6 +43,7 @@ test.serial("a channel's NOTIFY makes the forwarder read that channel only, its 
     t.falsy((await createChannel(stack.url, a, "hinted", [{ kind: "job", name: "h" }])).errors);
     const s = openSse(`${stack.url}/channels/hinted/events`, { authorization: `Bearer ${a.token}` });
     await eventually(async () => s.state.status === 200);
+    await eventually(async () => worker.forwarder.reads.full >= 1); // the start-up read (on a busy machine it can come late)
     const full0 = worker.forwarder.reads.full;
     // 4,500 events in one transaction (one NOTIFY): more than one read's page (2,000).
     await emitJobEvents(db, a.id, "h", 1, 4500, 4500);
@@ -143,5 +147,38 @@ test.serial("publishes faster than pauseAfterMs are not followed by a pause", as
     t.is(worker.forwarder.pauses, 0);
   } finally {
     await worker.stop();
+  }
+});
+
+test.serial("an outage's retries do not count as a slow publish: no pause once Pushpin is back", async (t) => {
+  // A second Pushpin that is down at first: every publish is retried (100 ms, 200 ms, … backoff)
+  // until it is up; the rounds that then succeed take a few ms.
+  const publishPort = await freePort();
+  const worker = await startWorker({
+    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl, `http://127.0.0.1:${publishPort}/publish/`],
+    forwarder: { pauseAfterMs: 300, pausePercent: 100, maxPauseMs: 1000 },
+  });
+  let late: Pushpin | null = null;
+  try {
+    t.falsy((await createChannel(stack.url, a, "outage", [{ kind: "job", name: "o" }])).errors);
+    const s = openSse(`${stack.url}/channels/outage/events`, { authorization: `Bearer ${a.token}` });
+    await eventually(async () => s.state.status === 200);
+    const published0 = worker.forwarder.published;
+    await emitJobEvents(db, a.id, "o", 1, 1);
+    await sleep(1500); // retried meanwhile
+    t.is(worker.forwarder.published, published0, "not accepted by every instance yet");
+    late = await startPushpin({
+      id: "o" + randomBytes(4).toString("hex"), dataDir: join(process.env.TDC_TEST_DATA_DIR!, "pushpin"),
+      httpPort: await freePort(), publishPort, zmqBase: await freePortRange(4),
+      origin: `127.0.0.1:${stack.server.port}`, sigKey: stack.sigKey,
+    });
+    await eventually(async () => worker.forwarder.published > published0, 15_000);
+    await eventually(async () => s.events.length >= 1);
+    t.deepEqual(ids(s.events), [1]);
+    t.is(worker.forwarder.pauses, 0, "the publish took seconds in all, its last round a few ms");
+    s.close();
+  } finally {
+    await worker.stop();
+    await late?.stop();
   }
 });
