@@ -7,7 +7,7 @@
  *   one item. Here every publish counts as slow (pauseAfterMs 0) and the pause is always the
  *   cap, so the behaviour does not hang on how fast this machine's Pushpin answers.
  */
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -16,6 +16,7 @@ import { startPushpin, type Pushpin } from "../server/devstack/pushpin.ts";
 import { eventually } from "./helpers/wait.ts";
 import { createChannel, emitJobEvents, openSse, useJobFixtures } from "./helpers/realtime.ts";
 import { startWorker } from "../worker/index.ts";
+import type { ForwarderOptions } from "../worker/forwarder.ts";
 
 let db: TestDb;
 let stack: Stack;
@@ -35,14 +36,26 @@ test.after.always(async () => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const ids = (evs: Array<{ id: string }>) => evs.map((e) => Number(e.id));
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+type Worker = Awaited<ReturnType<typeof startWorker>>;
+
+/** A worker (the only forwarder of the test database) for the length of `fn`. */
+async function withWorker(forwarder: Partial<ForwarderOptions>, fn: (w: Worker) => Promise<void>, publishUrls = [stack.pushpin!.publishUrl]) {
+  const worker = await startWorker({ ownerUrl: db.ownerUrl, publishUrls, forwarder });
+  try { await fn(worker); } finally { await worker.stop(); }
+}
+
+/** A's channel `name` fed by job `job`, and a live subscriber to it (close it when done). */
+async function channelWithSubscriber(t: ExecutionContext, name: string, job: string) {
+  t.falsy((await createChannel(stack.url, a, name, [{ kind: "job", name: job }])).errors);
+  const s = openSse(`${stack.url}/channels/${name}/events`, { authorization: `Bearer ${a.token}` });
+  await eventually(async () => s.state.status === 200);
+  return s;
+}
 
 test.serial("a channel's NOTIFY makes the forwarder read that channel only, its whole backlog included", async (t) => {
   // No poll tick during the test: only the start-up read covers every channel.
-  const worker = await startWorker({ ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl], forwarder: { pollMs: 600_000 } });
-  try {
-    t.falsy((await createChannel(stack.url, a, "hinted", [{ kind: "job", name: "h" }])).errors);
-    const s = openSse(`${stack.url}/channels/hinted/events`, { authorization: `Bearer ${a.token}` });
-    await eventually(async () => s.state.status === 200);
+  await withWorker({ pollMs: 600_000 }, async (worker) => {
+    const s = await channelWithSubscriber(t, "hinted", "h");
     await eventually(async () => worker.forwarder.reads.full >= 1); // the start-up read (on a busy machine it can come late)
     const full0 = worker.forwarder.reads.full;
     // 4,500 events in one transaction (one NOTIFY): more than one read's page (2,000).
@@ -53,17 +66,12 @@ test.serial("a channel's NOTIFY makes the forwarder read that channel only, its 
     t.is(worker.forwarder.reads.full, full0, "no read of every channel was needed");
     t.true(worker.forwarder.reads.hinted >= 3, "4,503 events need 3 pages at least");
     s.close();
-  } finally {
-    await worker.stop();
-  }
+  });
 });
 
 test.serial("an event whose NOTIFY never came is published on the next poll tick; odd payloads are harmless", async (t) => {
-  const worker = await startWorker({ ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl], forwarder: { pollMs: 300 } });
-  try {
-    t.falsy((await createChannel(stack.url, a, "quiet", [{ kind: "job", name: "q" }])).errors);
-    const s = openSse(`${stack.url}/channels/quiet/events`, { authorization: `Bearer ${a.token}` });
-    await eventually(async () => s.state.status === 200);
+  await withWorker({ pollMs: 300 }, async () => {
+    const s = await channelWithSubscriber(t, "quiet", "q");
     await emitJobEvents(db, a.id, "q", 1, 1);
     await eventually(async () => s.events.length >= 1);
     // Written the way emit_event does, minus the NOTIFY.
@@ -80,20 +88,12 @@ test.serial("an event whose NOTIFY never came is published on the next poll tick
     t.deepEqual(ids(s.events), [1, 2, 3]);
     t.deepEqual(s.events.map((e) => e.data), ['{"n":1}', '{"n":2}', '{"n":3}']);
     s.close();
-  } finally {
-    await worker.stop();
-  }
+  });
 });
 
 test.serial("events committed during a pause after a slow publish are published together, in order", async (t) => {
-  const worker = await startWorker({
-    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl],
-    forwarder: { pauseAfterMs: 0, pausePercent: 100_000_000, maxPauseMs: 3000 },
-  });
-  try {
-    t.falsy((await createChannel(stack.url, a, "paced", [{ kind: "job", name: "j" }])).errors);
-    const s = openSse(`${stack.url}/channels/paced/events`, { authorization: `Bearer ${a.token}` });
-    await eventually(async () => s.state.status === 200);
+  await withWorker({ pauseAfterMs: 0, pausePercent: 100_000_000, maxPauseMs: 3000 }, async (worker) => {
+    const s = await channelWithSubscriber(t, "paced", "j");
     const items0 = worker.forwarder.published;
     // 8 transactions, 100 ms apart: without a pause each would be its own publish.
     for (let n = 1; n <= 8; n++) {
@@ -101,43 +101,29 @@ test.serial("events committed during a pause after a slow publish are published 
       await sleep(100);
     }
     await eventually(async () => s.events.length >= 8);
-    t.deepEqual(s.events.map((e) => Number(e.id)), [1, 2, 3, 4, 5, 6, 7, 8]);
+    t.deepEqual(ids(s.events), range(1, 8));
     const items = worker.forwarder.published - items0;
     t.true(items <= 3, `8 events in ${items} items (3 s pauses): the pause groups them`);
     t.true(worker.forwarder.pauses >= 1);
     s.close();
-  } finally {
-    await worker.stop();
-  }
+  });
 });
 
 test.serial("stop() ends a pause at once (a 60 s pause does not hold the worker)", async (t) => {
   t.timeout(10_000);
-  const worker = await startWorker({
-    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl],
-    forwarder: { pauseAfterMs: 0, pausePercent: 100_000_000, maxPauseMs: 60_000 },
-  });
-  let stopped = false;
-  try {
+  await withWorker({ pauseAfterMs: 0, pausePercent: 100_000_000, maxPauseMs: 60_000 }, async (worker) => {
     t.falsy((await createChannel(stack.url, a, "stopping", [{ kind: "job", name: "k" }])).errors);
     const pauses0 = worker.forwarder.pauses;
     await emitJobEvents(db, a.id, "k", 1, 1);
     await eventually(async () => worker.forwarder.pauses > pauses0);
     // Now in a 60 s pause (pausePercent makes any publish's pause the cap).
     await worker.stop();
-    stopped = true;
     t.pass();
-  } finally {
-    if (!stopped) void worker.stop();
-  }
+  });
 });
 
 test.serial("publishes faster than pauseAfterMs are not followed by a pause", async (t) => {
-  const worker = await startWorker({
-    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl],
-    forwarder: { pauseAfterMs: 60_000, pausePercent: 100_000_000, maxPauseMs: 1500 },
-  });
-  try {
+  await withWorker({ pauseAfterMs: 60_000, pausePercent: 100_000_000, maxPauseMs: 1500 }, async (worker) => {
     t.falsy((await createChannel(stack.url, a, "unpaced", [{ kind: "job", name: "u" }])).errors);
     const items0 = worker.forwarder.published;
     for (let n = 1; n <= 5; n++) {
@@ -145,40 +131,33 @@ test.serial("publishes faster than pauseAfterMs are not followed by a pause", as
       await eventually(async () => worker.forwarder.published >= items0 + n);
     }
     t.is(worker.forwarder.pauses, 0);
-  } finally {
-    await worker.stop();
-  }
+  });
 });
 
 test.serial("an outage's retries do not count as a slow publish: no pause once Pushpin is back", async (t) => {
   // A second Pushpin that is down at first: every publish is retried (100 ms, 200 ms, … backoff)
   // until it is up; the rounds that then succeed take a few ms.
   const publishPort = await freePort();
-  const worker = await startWorker({
-    ownerUrl: db.ownerUrl, publishUrls: [stack.pushpin!.publishUrl, `http://127.0.0.1:${publishPort}/publish/`],
-    forwarder: { pauseAfterMs: 300, pausePercent: 100, maxPauseMs: 1000 },
-  });
   let late: Pushpin | null = null;
   try {
-    t.falsy((await createChannel(stack.url, a, "outage", [{ kind: "job", name: "o" }])).errors);
-    const s = openSse(`${stack.url}/channels/outage/events`, { authorization: `Bearer ${a.token}` });
-    await eventually(async () => s.state.status === 200);
-    const published0 = worker.forwarder.published;
-    await emitJobEvents(db, a.id, "o", 1, 1);
-    await sleep(1500); // retried meanwhile
-    t.is(worker.forwarder.published, published0, "not accepted by every instance yet");
-    late = await startPushpin({
-      id: "o" + randomBytes(4).toString("hex"), dataDir: join(process.env.TDC_TEST_DATA_DIR!, "pushpin"),
-      httpPort: await freePort(), publishPort, zmqBase: await freePortRange(4),
-      origin: `127.0.0.1:${stack.server.port}`, sigKey: stack.sigKey,
-    });
-    await eventually(async () => worker.forwarder.published > published0, 15_000);
-    await eventually(async () => s.events.length >= 1);
-    t.deepEqual(ids(s.events), [1]);
-    t.is(worker.forwarder.pauses, 0, "the publish took seconds in all, its last round a few ms");
-    s.close();
+    await withWorker({ pauseAfterMs: 300, pausePercent: 100, maxPauseMs: 1000 }, async (worker) => {
+      const s = await channelWithSubscriber(t, "outage", "o");
+      const published0 = worker.forwarder.published;
+      await emitJobEvents(db, a.id, "o", 1, 1);
+      await sleep(1500); // retried meanwhile
+      t.is(worker.forwarder.published, published0, "not accepted by every instance yet");
+      late = await startPushpin({
+        id: "o" + randomBytes(4).toString("hex"), dataDir: join(process.env.TDC_TEST_DATA_DIR!, "pushpin"),
+        httpPort: await freePort(), publishPort, zmqBase: await freePortRange(4),
+        origin: `127.0.0.1:${stack.server.port}`, sigKey: stack.sigKey,
+      });
+      await eventually(async () => worker.forwarder.published > published0, 15_000);
+      await eventually(async () => s.events.length >= 1);
+      t.deepEqual(ids(s.events), [1]);
+      t.is(worker.forwarder.pauses, 0, "the publish took seconds in all, its last round a few ms");
+      s.close();
+    }, [stack.pushpin!.publishUrl, `http://127.0.0.1:${publishPort}/publish/`]);
   } finally {
-    await worker.stop();
-    await late?.stop();
+    await (late as Pushpin | null)?.stop();
   }
 });
