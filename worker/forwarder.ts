@@ -15,12 +15,11 @@
  * Only one forwarder publishes at a time (session advisory lock on the LISTEN
  * connection): a second worker process waits as a hot standby.
  *
- * Which channels to read: an event's NOTIFY carries its channel id, and a cycle woken by
- * such hints reads just those channels' events (primary-key range scans of the log). The
- * 1 s poll, an unexpected payload, or more than 1,000 hinted channels read every
- * channel whose head is past its cursor instead. (That full read scans channel_heads, whose
- * rows every emitting transaction updates: at ~1,000 single-event commits/s on a channel its
- * page is contended and the scan took 10–15 ms instead of ~0.1 ms.)
+ * Which channels to read (app_private.forwarder_next_events): an event's NOTIFY carries its
+ * channel id, and a cycle woken by such hints reads just those channels' events. The 1 s poll,
+ * an unexpected payload, becoming the publishing forwarder, a failed cycle, or more than 1,000
+ * hinted channels read every channel whose head is past its cursor instead (a scan of the
+ * contended channel_heads: see the function's comment).
  *
  * Pacing: Pushpin answers a publish once its handler has passed the item to every held
  * stream, while its connection manager is still writing to those sockets. With thousands of
@@ -49,32 +48,6 @@ const ITEM_BYTES = 64 * 1024;
 const EVENTS_PER_CHANNEL = 2000;
 /** More hinted channels than this since the last read: read them all (channel_heads) instead. */
 const HINTED_MAX = 1000;
-/** The next events of each channel `p` (channel_id, cursor) in order, at most $1 per channel. */
-const NEXT_EVENTS = `
-  cross join lateral (
-    select e.seq, e.type, e.data from app_private.events e
-     where e.channel_id = p.channel_id and e.seq > p.cursor
-     order by e.seq limit $1) e
-  order by p.channel_id, e.seq`;
-/** Cursor per channel: the stored one, or the one accepted since (parameters $2, $3), whichever is greater. */
-const CURSOR = `greatest(coalesce(f.seq, 0), coalesce(m.seq, 0))`;
-const ACCEPTED = `left join unnest($2::bigint[], $3::bigint[]) as m(channel_id, seq)`;
-/** Every channel whose head is past its cursor. */
-const READ_ALL = `
-  select p.channel_id, e.seq, e.type, e.data::text as data
-    from (select h.channel_id, ${CURSOR} as cursor
-            from app_private.channel_heads h
-            left join app_private.forwarder_cursors f on f.channel_id = h.channel_id
-            ${ACCEPTED} on m.channel_id = h.channel_id
-           where h.last_seq > ${CURSOR}) p ${NEXT_EVENTS}`;
-/** Only the channels in $4 (hinted by NOTIFY payloads). */
-const READ_HINTED = `
-  select p.channel_id, e.seq, e.type, e.data::text as data
-    from (select c.id as channel_id, ${CURSOR} as cursor
-            from unnest($4::bigint[]) as c(id)
-            left join app_private.forwarder_cursors f on f.channel_id = c.id
-            ${ACCEPTED} on m.channel_id = c.id) p ${NEXT_EVENTS}`;
-
 export interface ForwarderOptions {
   ownerUrl: string;
   publishUrls: string[];
@@ -265,8 +238,8 @@ export class Forwarder {
     const hinted = [...this.hinted];
     this.fullReadDue = false;
     this.hinted.clear();
-    const params: unknown[] = [EVENTS_PER_CHANNEL, [...this.accepted.keys()], [...this.accepted.values()]];
-    const { rows } = await this.pool.query(full ? READ_ALL : READ_HINTED, full ? params : [...params, hinted]);
+    const { rows } = await this.pool.query("select * from app_private.forwarder_next_events($1, $2, $3, $4)",
+      [EVENTS_PER_CHANNEL, [...this.accepted.keys()], [...this.accepted.values()], full ? null : hinted]);
     this.reads[full ? "full" : "hinted"]++;
     this.stats.readMs += performance.now() - t0;
     if (!rows.length) return false;
