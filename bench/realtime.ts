@@ -97,7 +97,13 @@ function treeRssMb(root: number): number {
 }
 
 // ---- subscribers ----------------------------------------------------------------------------
-interface Sub { last: number; count: number; dupes: number; disorder: number; open: boolean; req: net.Socket }
+/**
+ * A subscriber. Like EventSource, one whose stream ends unasked reconnects after 1 s with its last id
+ * (`reconnects` counts those; Pushpin 1.36 now and then cancels a stream while thousands connect,
+ * "zhttp server: … received message out of sequence, canceling" in its log). `closed`: ended by us.
+ */
+interface Sub { last: number; count: number; dupes: number; disorder: number; open: boolean; req: net.Socket; reconnects: number; closed: boolean }
+const closeSub = (s: Sub) => { s.closed = true; s.req.destroy(); };
 /** Times on this thread's clock, in arrays the producer thread writes too. */
 const shared = (n: number) => new Float64Array(new SharedArrayBuffer(8 * n));
 let sendTimes: Float64Array = shared(0);   // by k (payload key)
@@ -118,12 +124,13 @@ const K_KEY = Buffer.from('"k":');   // events carry {"k": n} (compact JSON)
  * No HTTP parser, no string building: with 10,000 subscribers this process shares the 2 cores
  * with Pushpin, and its own per-read cost would show up as delivery latency.
  */
-function subscribe(base: string, channel: string, token: string, after?: number): Promise<Sub> {
+function subscribe(base: string, channel: string, token: string, after?: number, again?: Sub): Promise<Sub> {
   const u = new URL(base);
   const path = `/channels/${channel}/events?access_token=${encodeURIComponent(token)}${after !== undefined ? `&lastEventId=${after}` : ""}`;
   return new Promise((resolve, reject) => {
     const sock = net.connect(Number(u.port), u.hostname);
-    const sub: Sub = { last: after ?? 0, count: 0, dupes: 0, disorder: 0, open: false, req: sock };
+    const sub: Sub = again ?? { last: after ?? 0, count: 0, dupes: 0, disorder: 0, open: false, req: sock, reconnects: 0, closed: false };
+    sub.req = sock;
     let headerDone = false;
     let carry: Buffer | null = null;   // event bytes carried over
     sock.setNoDelay(true);
@@ -209,7 +216,17 @@ function subscribe(base: string, channel: string, token: string, after?: number)
       if (!chunked) onBody(buf);
       else for (const piece of decode(buf)) onBody(piece);
     });
-    sock.on("close", () => { sub.open = false; if (!headerDone) reject(new Error("subscribe: connection closed")); });
+    sock.on("close", () => {
+      sub.open = false;
+      if (!headerDone) return reject(new Error("subscribe: connection closed"));
+      if (sub.closed || sub.req !== sock) return;
+      const retry = (attempt: number) => setTimeout(() => {
+        if (sub.closed) return;
+        subscribe(base, channel, token, sub.last, sub).then(() => { sub.reconnects++; },
+          () => { if (attempt < 10) retry(attempt + 1); });
+      }, 1000);
+      retry(1);
+    });
     sock.on("error", (e) => { sub.open = false; if (!headerDone) reject(e); });
   });
 }
@@ -362,7 +379,7 @@ try {
     };
     results.latency.push(r);
     log("latency done", r);
-    for (const s of subs) s.req.destroy();
+    for (const s of subs) closeSub(s);
     await sleep(1000);
   }
 
@@ -382,7 +399,7 @@ try {
     const pipeOk = await waitAll(subs, BURST);
     const pipeS = (performance.now() - t0) / 1000;
     const pipe = { ok: pipeOk, events_per_s: round(BURST / pipeS, 0), lost: subs.reduce((a, s) => a + (BURST - s.count), 0), duplicates: subs.reduce((a, s) => a + s.dupes, 0) };
-    for (const s of subs) s.req.destroy();
+    for (const s of subs) closeSub(s);
     // Direct: the benchmark publishes the same items to Pushpin itself (100 per request, one
     // event per item), as fast as Pushpin takes them. The events are also written to the log with
     // the forwarder's cursor moved past them first, so the forwarder stays out of it while
@@ -405,7 +422,7 @@ try {
     const directOk = await waitAll(subs, BURST);
     const directS = (performance.now() - t0) / 1000;
     const direct = { ok: directOk, events_per_s: round(BURST / directS, 0), lost: subs.reduce((a, s) => a + (BURST - s.count), 0), duplicates: subs.reduce((a, s) => a + s.dupes, 0) };
-    for (const s of subs) s.req.destroy();
+    for (const s of subs) closeSub(s);
     results.throughput = { events: BURST, subscribers: SUBS, pipeline: pipe, direct_to_pushpin: direct, ratio: round(pipe.events_per_s / direct.events_per_s, 2) };
     log("throughput done", results.throughput);
   }
@@ -421,7 +438,7 @@ try {
     const ok = outcomes.filter((o) => o.status === "fulfilled").map((o) => (o as PromiseFulfilledResult<Sub>).value);
     results.storm = { clients: n, connected: ok.length, failures, ms: round(ms, 0) };
     log("storm done", results.storm);
-    for (const s of ok) s.req.destroy();
+    for (const s of ok) closeSub(s);
     await sleep(2000);
   }
   // ---- idle channel (BENCH_PHASES=idle): BENCH_IDLE_SUBS (10000) subscribers connect, the channel stays
@@ -446,7 +463,7 @@ try {
     results.idle = { subscribers: subs.length, events: total, deliveries: subs.reduce((a, s) => a + s.count, 0),
       latency_ms: { p50: round(pct(lat, 50)), p90: round(pct(lat, 90)), p99: round(pct(lat, 99)), max: round(pct(lat, 100)) } };
     log("idle done", results.idle);
-    for (const s of subs) s.req.destroy();
+    for (const s of subs) closeSub(s);
     await sleep(2000);
   }
   // ---- 3. fan-out, escalating ----
@@ -518,12 +535,13 @@ try {
       deliveries: subs.reduce((a, s) => a + s.count, 0), expected_deliveries: total * subs.length,
       not_delivered_within_30s_after: subs.reduce((a, s) => a + (total - s.count), 0), duplicates: subs.reduce((a, s) => a + s.dupes, 0),
       out_of_order: subs.reduce((a, s) => a + s.disorder, 0), still_open: subs.filter((s) => s.open).length,
+      reconnected: subs.reduce((a, s) => a + s.reconnects, 0),
       latency_ms: { p50: round(pct(lat, 50)), p99: round(pct(lat, 99)), max: round(pct(lat, 100)) },
       memory_idle_connected: mem0, memory_during_load: mem,
     };
     results.fanout.push(r);
     log("fan-out done", r);
-    for (const s of subs) s.req.destroy();
+    for (const s of subs) closeSub(s);
     await sleep(2000);
     return r;
   };
@@ -557,7 +575,7 @@ const md = [
     `- commit acknowledged → SSE receipt: p50 ${L.commit_ack_to_receipt_ms.p50} ms, p90 ${L.commit_ack_to_receipt_ms.p90} ms, p99 ${L.commit_ack_to_receipt_ms.p99} ms, max ${L.commit_ack_to_receipt_ms.max} ms\n` +
     `- statement sent → commit acknowledged: p50 ${L.statement_send_to_commit_ack_ms.p50} ms, p99 ${L.statement_send_to_commit_ack_ms.p99} ms\n`),
   ...(F ?? []).map((F: any) => `## Fan-out${F.mode === "direct" ? " (published straight to Pushpin by the benchmark)" : ""}: ${F.subscribers} of ${F.target_subscribers} subscribers connected (${F.connect_seconds} s) over ${F.pushpin_instances} Pushpin instance(s), ${F.rate} events/s for ${SECONDS} s\n\n` +
-    `- deliveries ${F.deliveries}/${F.expected_deliveries}; not delivered 30 s after the last event ${F.not_delivered_within_30s_after}, duplicates ${F.duplicates}, out of order ${F.out_of_order}; streams still open ${F.still_open}\n` +
+    `- deliveries ${F.deliveries}/${F.expected_deliveries}; not delivered 30 s after the last event ${F.not_delivered_within_30s_after}, duplicates ${F.duplicates}, out of order ${F.out_of_order}; streams still open ${F.still_open}${F.reconnected ? ` (${F.reconnected} reconnected with their last id after Pushpin ended them)` : ""}\n` +
     `- delivery latency: p50 ${F.latency_ms.p50} ms, p99 ${F.latency_ms.p99} ms, max ${F.latency_ms.max} ms\n` +
     `- memory (RSS) while connected: Pushpin (all instances) ${F.memory_idle_connected.pushpin_mb} MB, server ${F.memory_idle_connected.server_mb} MB, worker ${F.memory_idle_connected.worker_mb} MB; during load: Pushpin ${F.memory_during_load.pushpin_mb} MB, server ${F.memory_during_load.server_mb} MB, worker ${F.memory_during_load.worker_mb} MB\n`),
   T ? `## Throughput: ${T.events} events, ${T.subscribers} subscribers, as fast as possible\n\n` +
