@@ -53,7 +53,7 @@ revoke all on function app_hidden.emit_event(bigint, text, text, text, jsonb) fr
 -- is null, every channel whose head is past its cursor. The latter scans channel_heads, whose row
 -- every emitting transaction updates: at ~1,000 single-event commits/s on one channel that page
 -- is contended and the scan took 10–15 ms, so the forwarder does it only on its 1 s poll tick.
--- plpgsql: each branch's plan is prepared once per connection and reused (the forwarder calls it
+-- plpgsql: its plans are prepared once per connection and reused (the forwarder calls it
 -- hundreds of times a second; planning the whole query each time cost more than running it).
 create or replace function app_private.forwarder_next_events(
   p_limit integer, p_accepted_ids bigint[], p_accepted_seqs bigint[], p_channels bigint[] default null)
@@ -61,31 +61,25 @@ returns table (channel_id bigint, seq bigint, type text, data text)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_channels is null then
-    return query
-      select p.channel_id, e.seq, e.type, e.data::text
-        from (select h.channel_id, greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)) as cursor
-                from app_private.channel_heads h
-                left join app_private.forwarder_cursors f on f.channel_id = h.channel_id
-                left join unnest(p_accepted_ids, p_accepted_seqs) as m(channel_id, seq) on m.channel_id = h.channel_id
-               where h.last_seq > greatest(coalesce(f.seq, 0), coalesce(m.seq, 0))) p
-       cross join lateral (
-         select e.seq, e.type, e.data from app_private.events e
-          where e.channel_id = p.channel_id and e.seq > p.cursor
-          order by e.seq limit p_limit) e
-       order by p.channel_id, e.seq;
-  else
-    return query
-      select p.channel_id, e.seq, e.type, e.data::text
-        from (select c.id as channel_id, greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)) as cursor
-                from unnest(p_channels) as c(id)
-                left join app_private.forwarder_cursors f on f.channel_id = c.id
-                left join unnest(p_accepted_ids, p_accepted_seqs) as m(channel_id, seq) on m.channel_id = c.id) p
-       cross join lateral (
-         select e.seq, e.type, e.data from app_private.events e
-          where e.channel_id = p.channel_id and e.seq > p.cursor
-          order by e.seq limit p_limit) e
-       order by p.channel_id, e.seq;
+    -- Every channel whose head is past its cursor (the other cursor join is repeated below: once a second).
+    p_channels := array(
+      select h.channel_id
+        from app_private.channel_heads h
+        left join app_private.forwarder_cursors f on f.channel_id = h.channel_id
+        left join unnest(p_accepted_ids, p_accepted_seqs) as m(channel_id, seq) on m.channel_id = h.channel_id
+       where h.last_seq > greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)));
   end if;
+  return query
+    select p.channel_id, e.seq, e.type, e.data::text
+      from (select c.id as channel_id, greatest(coalesce(f.seq, 0), coalesce(m.seq, 0)) as cursor
+              from unnest(p_channels) as c(id)
+              left join app_private.forwarder_cursors f on f.channel_id = c.id
+              left join unnest(p_accepted_ids, p_accepted_seqs) as m(channel_id, seq) on m.channel_id = c.id) p
+     cross join lateral (
+       select e.seq, e.type, e.data from app_private.events e
+        where e.channel_id = p.channel_id and e.seq > p.cursor
+        order by e.seq limit p_limit) e
+     order by p.channel_id, e.seq;
 end $$;
 comment on function app_private.forwarder_next_events(integer, bigint[], bigint[], bigint[]) is
   'The forwarder''s next events: per channel (those in p_channels, or every channel with new events when null), at most p_limit events after its cursor (stored, or accepted since: p_accepted_ids/p_accepted_seqs), in order; data as JSON text.';

@@ -34,6 +34,7 @@ import http from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import https from "node:https";
 import pg from "pg";
+import { config } from "../server/config.ts";
 import { logger } from "../server/log.ts";
 import { sseEvent } from "../server/grip.ts";
 
@@ -52,9 +53,9 @@ export interface ForwarderOptions {
   ownerUrl: string;
   publishUrls: string[];
   pollMs?: number;
-  /** Pause after a publish, as a percentage of its duration (0 = never). Default 50. */
+  /** Pause after a publish, as a percentage of its duration (0 = never). Default TDC_PUBLISH_PAUSE_PERCENT (50). */
   pausePercent?: number;
-  /** Only publishes that took at least this long are followed by a pause. Default 50 ms. */
+  /** Only publishes that took at least this long are followed by a pause. Default TDC_PUBLISH_PAUSE_AFTER_MS (50). */
   pauseAfterMs?: number;
   /** Longest pause. Default 1000 ms. */
   maxPauseMs?: number;
@@ -207,7 +208,7 @@ export class Forwarder {
   private async pace() {
     const took = this.slowestPublishMs;
     this.slowestPublishMs = 0;
-    const { pausePercent = 50, pauseAfterMs = 50, maxPauseMs = 1000 } = this.opts;
+    const { pausePercent = config.publishPausePercent, pauseAfterMs = config.publishPauseAfterMs, maxPauseMs = 1000 } = this.opts;
     if (!took || !pausePercent || took < pauseAfterMs || this.stopped) return;
     const ms = Math.min((took * pausePercent) / 100, maxPauseMs);
     this.pauses++;
@@ -248,6 +249,7 @@ export class Forwarder {
     let batch: Item[] = [];
     let bytes = 0;
     const upto = new Map<string, string>();
+    const perChannel = new Map<string, number>(); // events read per channel: a full page means more wait
     const flush = async () => {
       if (!batch.length) return;
       const t1 = performance.now();
@@ -289,6 +291,7 @@ export class Forwarder {
       const seq = Number(r.seq);
       const ev = sseEvent(seq, r.type, r.data);
       const channelId = String(r.channel_id);
+      perChannel.set(channelId, (perChannel.get(channelId) ?? 0) + 1);
       if (cur && (cur.channelId !== channelId || cur.last !== seq - 1 || cur.content.length + ev.length > ITEM_BYTES)) await close();
       if (!cur) cur = { channel: `tdc-${this.dbName}-${channelId}`, channelId, first: seq, last: seq, content: ev };
       else { cur.last = seq; cur.content += ev; }
@@ -296,8 +299,6 @@ export class Forwarder {
     await close();
     await flush();
     // A channel that filled its page has more waiting: read it again at once.
-    const perChannel = new Map<string, number>();
-    for (const r of rows) perChannel.set(String(r.channel_id), (perChannel.get(String(r.channel_id)) ?? 0) + 1);
     let more = false;
     for (const [id, n] of perChannel) if (n >= EVENTS_PER_CHANNEL) { this.hinted.add(id); more = true; }
     return more;

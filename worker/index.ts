@@ -30,10 +30,7 @@ export async function startWorker(opts: { ownerUrl?: string; publishUrls?: strin
     parsedCronItems: [],
     logger: workerLogger,
   });
-  const forwarder = new Forwarder({
-    ownerUrl, publishUrls: opts.publishUrls ?? config.publishUrls,
-    pausePercent: config.publishPausePercent, pauseAfterMs: config.publishPauseAfterMs, ...opts.forwarder,
-  });
+  const forwarder = new Forwarder({ ownerUrl, publishUrls: opts.publishUrls ?? config.publishUrls, ...opts.forwarder });
   await forwarder.start();
   logger.info("worker started");
   let stopping: Promise<void> | null = null;
