@@ -75,8 +75,8 @@ function rssKb(pid: number): number {
     return m ? Number(m[1]) : 0;
   } catch { return 0; }
 }
-/** RSS of a process and all its descendants (Pushpin runs condure, zurl, proxy, handler). */
-function treeRssMb(root: number): number {
+/** A process and all its descendants (Pushpin runs condure, zurl, proxy, handler). */
+function tree(root: number): number[] {
   const children = new Map<number, number[]>();
   for (const d of readdirSync("/proc")) {
     if (!/^\d+$/.test(d)) continue;
@@ -86,14 +86,27 @@ function treeRssMb(root: number): number {
       children.set(ppid, [...(children.get(ppid) ?? []), Number(d)]);
     } catch {}
   }
-  let total = 0;
+  const out: number[] = [];
   const stack = [root];
   while (stack.length) {
     const p = stack.pop()!;
-    total += rssKb(p);
+    out.push(p);
     stack.push(...(children.get(p) ?? []));
   }
-  return round(total / 1024, 1);
+  return out;
+}
+const treeRssMb = (root: number) => round(tree(root).reduce((a, p) => a + rssKb(p), 0) / 1024, 1);
+/** CPU seconds (user + system) used so far by a process and its descendants (clock ticks of 1/100 s). */
+function treeCpuS(root: number): number {
+  let ticks = 0;
+  for (const p of tree(root)) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {}
+  }
+  return ticks / 100;
 }
 
 // ---- subscribers ----------------------------------------------------------------------------
@@ -505,6 +518,10 @@ try {
     const connectS = (Date.now() - t0) / 1000;
     log("fan-out: subscribers connected", { n: subs.length, seconds: connectS, mode });
     const mem0 = { pushpin_mb: pushpinMb(), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
+    // CPU while the events flow, in % of one core: who takes the machine's cores.
+    const cpuNow = () => ({ pushpin: pushpins.reduce((a, p) => a + treeCpuS(p.child.pid!), 0), server: treeCpuS(server.pid!),
+      worker: treeCpuS(worker.pid!), subscribers: (process.cpuUsage().user + process.cpuUsage().system) / 1e6, t: performance.now() / 1000 });
+    const cpu0 = cpuNow();
     recording = true;
     if (mode === "pipeline") await produce(user.id, job, FANOUT_RATE, SECONDS, 1);
     else {
@@ -526,6 +543,9 @@ try {
       await Promise.all(sent);
     }
     const mem = { pushpin_mb: pushpinMb(), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
+    const cpu1 = cpuNow();
+    const cpu = Object.fromEntries((["pushpin", "server", "worker", "subscribers"] as const)
+      .map((k) => [k, Math.round((100 * (cpu1[k] - cpu0[k])) / (cpu1.t - cpu0.t))]));
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && subs.some((s) => s.count < total)) await sleep(200);
     recording = false;
@@ -537,7 +557,7 @@ try {
       out_of_order: subs.reduce((a, s) => a + s.disorder, 0), still_open: subs.filter((s) => s.open).length,
       reconnected: subs.reduce((a, s) => a + s.reconnects, 0),
       latency_ms: { p50: round(pct(lat, 50)), p99: round(pct(lat, 99)), max: round(pct(lat, 100)) },
-      memory_idle_connected: mem0, memory_during_load: mem,
+      memory_idle_connected: mem0, memory_during_load: mem, cpu_percent_during_load: cpu,
     };
     results.fanout.push(r);
     log("fan-out done", r);
@@ -577,7 +597,8 @@ const md = [
   ...(F ?? []).map((F: any) => `## Fan-out${F.mode === "direct" ? " (published straight to Pushpin by the benchmark)" : ""}: ${F.subscribers} of ${F.target_subscribers} subscribers connected (${F.connect_seconds} s) over ${F.pushpin_instances} Pushpin instance(s), ${F.rate} events/s for ${SECONDS} s\n\n` +
     `- deliveries ${F.deliveries}/${F.expected_deliveries}; not delivered 30 s after the last event ${F.not_delivered_within_30s_after}, duplicates ${F.duplicates}, out of order ${F.out_of_order}; streams still open ${F.still_open}${F.reconnected ? ` (${F.reconnected} reconnected with their last id after Pushpin ended them)` : ""}\n` +
     `- delivery latency: p50 ${F.latency_ms.p50} ms, p99 ${F.latency_ms.p99} ms, max ${F.latency_ms.max} ms\n` +
-    `- memory (RSS) while connected: Pushpin (all instances) ${F.memory_idle_connected.pushpin_mb} MB, server ${F.memory_idle_connected.server_mb} MB, worker ${F.memory_idle_connected.worker_mb} MB; during load: Pushpin ${F.memory_during_load.pushpin_mb} MB, server ${F.memory_during_load.server_mb} MB, worker ${F.memory_during_load.worker_mb} MB\n`),
+    `- memory (RSS) while connected: Pushpin (all instances) ${F.memory_idle_connected.pushpin_mb} MB, server ${F.memory_idle_connected.server_mb} MB, worker ${F.memory_idle_connected.worker_mb} MB; during load: Pushpin ${F.memory_during_load.pushpin_mb} MB, server ${F.memory_during_load.server_mb} MB, worker ${F.memory_during_load.worker_mb} MB\n` +
+    `- CPU during load (% of one core; the machine has ${results.machine.cpus * 100} %): Pushpin ${F.cpu_percent_during_load.pushpin} %, server ${F.cpu_percent_during_load.server} %, worker ${F.cpu_percent_during_load.worker} %, the benchmark process (subscribers, producer) ${F.cpu_percent_during_load.subscribers} %\n`),
   T ? `## Throughput: ${T.events} events, ${T.subscribers} subscribers, as fast as possible\n\n` +
     `- our pipeline (commit → forwarder → Pushpin): ${T.pipeline.events_per_s} events/s (lost ${T.pipeline.lost}, dupes ${T.pipeline.duplicates})\n` +
     `- published straight to Pushpin: ${T.direct_to_pushpin.events_per_s} events/s (lost ${T.direct_to_pushpin.lost}, dupes ${T.direct_to_pushpin.duplicates})\n` +

@@ -131,7 +131,53 @@ test.serial("publishes faster than pauseAfterMs are not followed by a pause", as
       await eventually(async () => worker.forwarder.published >= items0 + n);
     }
     t.is(worker.forwarder.pauses, 0);
+    t.is(worker.forwarder.probes, 0, "no slow publish, no probe");
   });
+});
+
+/**
+ * A stand-in for a Pushpin whose handler is busy: a relay in front of the real publish endpoint
+ * that holds empty publishes (the forwarder's probes) `probeMs` and the first publish with items
+ * `firstMs` (one that waited for an earlier fan-out); every request then goes through unchanged.
+ */
+async function busyPushpinRelay(probeMs: number, firstMs: number) {
+  const http = await import("node:http");
+  let first = true;
+  const server = http.createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const body = Buffer.concat(chunks).toString();
+    const probe = JSON.parse(body).items.length === 0;
+    if (probe) await sleep(probeMs);
+    else if (first) { first = false; await sleep(firstMs); }
+    const r = await fetch(stack.pushpin!.publishUrl, { method: "POST", headers: { "content-type": "application/json" }, body });
+    res.writeHead(r.status, { "content-type": "text/plain" }).end(await r.text());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${(server.address() as any).port}/publish/`, close: () => new Promise((r) => server.close(r)) };
+}
+
+test.serial("after a slow publish, every publish is followed by a probe and the pause follows how long Pushpin stays busy", async (t) => {
+  const relay = await busyPushpinRelay(400, 150);
+  try {
+    await withWorker({ pauseAfterMs: 100, pausePercent: 50, maxPauseMs: 1000 }, async (worker) => {
+      const s = await channelWithSubscriber(t, "probed", "p");
+      for (let n = 1; n <= 3; n++) {
+        await emitJobEvents(db, a.id, "p", n, 1);
+        await eventually(async () => s.events.length >= n);
+        await eventually(async () => worker.forwarder.pauses >= n, 5000);
+      }
+      t.deepEqual(ids(s.events), [1, 2, 3]);
+      // The 2nd and 3rd publishes answered at once: paced only because the probe found Pushpin busy.
+      t.is(worker.forwarder.pauses, 3);
+      t.is(worker.forwarder.probes, 3);
+      // 50 % of the probe's 400 ms each time, not of the publishes' 150 ms and ~0 ms.
+      t.true(worker.forwarder.pausedMs >= 3 * 190, `paused ${Math.round(worker.forwarder.pausedMs)} ms in all`);
+      s.close();
+    }, [relay.url]);
+  } finally {
+    await relay.close();
+  }
 });
 
 test.serial("an outage's retries do not count as a slow publish: no pause once Pushpin is back", async (t) => {

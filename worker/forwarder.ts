@@ -21,14 +21,17 @@
  * hinted channels read every channel whose head is past its cursor instead (a scan of the
  * contended channel_heads: see the function's comment).
  *
- * Pacing: Pushpin answers a publish once its handler has passed the item to every held
- * stream, while its connection manager is still writing to those sockets. With thousands of
- * subscribers on a channel a publish takes hundreds of ms; publishing the next one at once
- * made the two compete for the CPUs and piled up per-stream queues (10,000 subscribers at
- * 10 events/s: p99 ~8 s, a tail to 10.5 s). So after a publish slower than `pauseAfterMs`
- * the forwarder waits `pausePercent` of its duration (at most `maxPauseMs`) before the
- * next one; the events committed meanwhile travel together (p99 ~1.2–1.3 s in the same
- * runs, docs/realtime.md). Publishes to a few hundred subscribers take a few ms: no pause.
+ * Pacing: Pushpin's handler answers a publish, then passes its item to every held stream (one
+ * thread; ~250 ms for 10,000 streams here), while its connection manager writes to the sockets.
+ * A publish arriving meanwhile waits for that pass. Published back to back, 10,000 subscribers
+ * at 10 events/s saw p99 ~8 s; pausing only after a publish that was itself slow still sent
+ * alternating 8-event and 1-event items (the quick answer to the first hid the fan-out behind
+ * it), each costing a whole fan-out (p99 1.1–1.4 s). So after a publish that took at least
+ * `pauseAfterMs`, and after every publish for 5 s since (PACING_WINDOW_MS), the forwarder sends
+ * a probe (an empty publish: answered once the handler is done with what it was given), then
+ * waits `pausePercent` of how long Pushpin stayed busy (the longer of publish and probe; at most
+ * `maxPauseMs`) for the sockets to be written; events committed meanwhile travel together.
+ * Publishes to a few hundred subscribers take a few ms: no probe, no pause.
  */
 import http from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -49,6 +52,8 @@ const ITEM_BYTES = 64 * 1024;
 const EVENTS_PER_CHANNEL = 2000;
 /** More hinted channels than this since the last read: read them all (channel_heads) instead. */
 const HINTED_MAX = 1000;
+/** Pacing stays on (every publish followed by a probe) this long after the last slow fan-out, ms. */
+const PACING_WINDOW_MS = 5000;
 export interface ForwarderOptions {
   ownerUrl: string;
   publishUrls: string[];
@@ -90,13 +95,18 @@ export class Forwarder {
   /** Published events since start (for tests and benchmarks). */
   published = 0;
   /** Work since the last stats line (logged every 10 s while there is any). */
-  private stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0, pauses: 0, pauseMs: 0 };
+  private stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0, probes: 0, probeMs: 0, pauses: 0, pauseMs: 0 };
   /** Reads of the event log since start: of every channel, or of hinted channels only. */
   reads = { full: 0, hinted: 0 };
-  /** Pauses after slow publishes since start (see the header's "Pacing"). */
+  /** Pauses after slow fan-outs since start, and their total length in ms (see the header's "Pacing"). */
   pauses = 0;
+  pausedMs = 0;
   /** Longest publish (all instances) since the last pause decision, ms. */
   private slowestPublishMs = 0;
+  /** Until then (performance.now()), every publish is followed by a probe (see the header's "Pacing"). */
+  private pacingUntil = 0;
+  /** Probes since start. */
+  probes = 0;
   /** Aborted by stop(): ends a pause at once. */
   private stopSignal = new AbortController();
   private statsTimer: NodeJS.Timeout | null = null;
@@ -115,8 +125,8 @@ export class Forwarder {
       const s = this.stats;
       if (!s.cycles) return;
       logger.info({ cycles: s.cycles, events: s.events, items: s.items, avgReadMs: +(s.readMs / s.cycles).toFixed(2),
-        avgPublishMs: +(s.publishMs / s.cycles).toFixed(2), pauses: s.pauses, pauseMs: Math.round(s.pauseMs) }, "forwarder: last 10 s");
-      this.stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0, pauses: 0, pauseMs: 0 };
+        avgPublishMs: +(s.publishMs / s.cycles).toFixed(2), probes: s.probes, probeMs: Math.round(s.probeMs), pauses: s.pauses, pauseMs: Math.round(s.pauseMs) }, "forwarder: last 10 s");
+      this.stats = { cycles: 0, events: 0, items: 0, readMs: 0, publishMs: 0, probes: 0, probeMs: 0, pauses: 0, pauseMs: 0 };
     }, 10_000);
     this.statsTimer.unref();
     this.loopDone = this.loop();
@@ -204,14 +214,19 @@ export class Forwarder {
     }
   }
 
-  /** After a slow publish, give Pushpin time to write it out (see the header's "Pacing"). */
+  /** After a slow fan-out, give Pushpin time to write it out (see the header's "Pacing"). */
   private async pace() {
     const took = this.slowestPublishMs;
     this.slowestPublishMs = 0;
     const { pausePercent = config.publishPausePercent, pauseAfterMs = config.publishPauseAfterMs, maxPauseMs = 1000 } = this.opts;
-    if (!took || !pausePercent || took < pauseAfterMs || this.stopped) return;
-    const ms = Math.min((took * pausePercent) / 100, maxPauseMs);
+    if (!took || !pausePercent || this.stopped) return;
+    let busy = took;
+    if (took >= pauseAfterMs || performance.now() < this.pacingUntil) busy = Math.max(took, await this.probe());
+    if (busy < pauseAfterMs || this.stopped) return;
+    this.pacingUntil = performance.now() + PACING_WINDOW_MS;
+    const ms = Math.min((busy * pausePercent) / 100, maxPauseMs);
     this.pauses++;
+    this.pausedMs += ms;
     this.stats.pauses++;
     this.stats.pauseMs += ms;
     await sleep(ms, undefined, { signal: this.stopSignal.signal }).catch(() => { /* stopped */ });
@@ -336,6 +351,21 @@ export class Forwarder {
   }
 
   /**
+   * How long every Pushpin takes to answer an empty publish, ms: its handler answers only once it
+   * has passed what it was given before to the held streams. A Pushpin that fails counts as 0
+   * (publishes deal with outages); one that hangs, as the 2 s timeout.
+   */
+  private async probe(): Promise<number> {
+    this.probes++;
+    const t0 = performance.now();
+    await Promise.all(this.opts.publishUrls.map((url) => post(url, '{"items":[]}', 2000).catch(() => {})));
+    const ms = performance.now() - t0;
+    this.stats.probes++;
+    this.stats.probeMs += ms;
+    return ms;
+  }
+
+  /**
    * POST the items to every Pushpin; resolves only when all accepted (retries with backoff), with
    * the duration of the last round in ms (the pacing measure: retries and backoff not counted).
    */
@@ -371,10 +401,10 @@ export class Forwarder {
  * less CPU than fetch). Pushpin's publish endpoint answers `Connection: close`, so every publish is
  * a new loopback connection whatever the agent. Times out after 10 s.
  */
-function post(url: string, body: string): Promise<{ status: number; text: string }> {
+function post(url: string, body: string, timeoutMs = 10_000): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const req = (url.startsWith("https:") ? https : http).request(url, {
-      method: "POST", timeout: 10_000,
+      method: "POST", timeout: timeoutMs,
       headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
     }, (res) => {
       let text = "";
@@ -383,7 +413,7 @@ function post(url: string, body: string): Promise<{ status: number; text: string
       res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
       res.on("error", reject);
     });
-    req.on("timeout", () => req.destroy(new Error("publish timed out after 10 s")));
+    req.on("timeout", () => req.destroy(new Error(`publish timed out after ${timeoutMs / 1000} s`)));
     req.on("error", reject);
     req.end(body);
   });
