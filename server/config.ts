@@ -42,7 +42,7 @@ export const config = {
   pushpinZmqBase: int("TDC_PUSHPIN_ZMQ_BASE", 5560),
   /** Comma-separated publish URLs, one per Pushpin instance. */
   publishUrls: str("TDC_PUBLISH_URLS", "").split(",").map((s) => s.trim()).filter(Boolean),
-  /** Forwarder pacing: after a publish that took ≥ TDC_PUBLISH_PAUSE_AFTER_MS, wait this percentage of its duration (0 = off). */
+  /** Forwarder pacing: after a publish or probe that took ≥ TDC_PUBLISH_PAUSE_AFTER_MS, wait this percentage of how long Pushpin stayed busy (0 = off; worker/forwarder.ts). */
   publishPausePercent: int("TDC_PUBLISH_PAUSE_PERCENT", 50),
   publishPauseAfterMs: int("TDC_PUBLISH_PAUSE_AFTER_MS", 50),
   /** Shared secret Pushpin signs proxied requests with (Grip-Sig). Generated per installation. */

@@ -58,9 +58,9 @@ export interface ForwarderOptions {
   ownerUrl: string;
   publishUrls: string[];
   pollMs?: number;
-  /** Pause after a publish, as a percentage of its duration (0 = never). Default TDC_PUBLISH_PAUSE_PERCENT (50). */
+  /** Pause after a slow fan-out, as a percentage of how long Pushpin stayed busy (0 = never). Default TDC_PUBLISH_PAUSE_PERCENT (50). */
   pausePercent?: number;
-  /** Only publishes that took at least this long are followed by a pause. Default TDC_PUBLISH_PAUSE_AFTER_MS (50). */
+  /** A publish or probe that took at least this long counts as a slow fan-out (pacing on). Default TDC_PUBLISH_PAUSE_AFTER_MS (50). */
   pauseAfterMs?: number;
   /** Longest pause. Default 1000 ms. */
   maxPauseMs?: number;
@@ -399,7 +399,7 @@ export class Forwarder {
 /**
  * POST a JSON body (node:http: at hundreds of publishes a second it costs the worker about a third
  * less CPU than fetch). Pushpin's publish endpoint answers `Connection: close`, so every publish is
- * a new loopback connection whatever the agent. Times out after 10 s.
+ * a new loopback connection whatever the agent. Times out after 10 s unless told otherwise.
  */
 function post(url: string, body: string, timeoutMs = 10_000): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
