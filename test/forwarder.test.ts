@@ -2,10 +2,12 @@
  * The forwarder (worker/forwarder.ts) with a real Pushpin, one worker per test:
  * - which channels it reads: those hinted by NOTIFY payloads (a whole backlog included),
  *   every channel on the poll tick (a lost NOTIFY costs at most one poll interval);
- * - pacing: after a publish that took at least pauseAfterMs it waits pausePercent of that
- *   duration (capped) before the next publish, and the events committed meanwhile travel as
- *   one item. Here every publish counts as slow (pauseAfterMs 0) and the pause is always the
- *   cap, so the behaviour does not hang on how fast this machine's Pushpin answers.
+ * - pacing: after a publish that took at least pauseAfterMs (and after every publish for 5 s
+ *   since) it probes Pushpin with an empty publish and waits pausePercent of how long Pushpin
+ *   stayed busy (capped) before the next publish; the events committed meanwhile travel as one
+ *   item. Most tests make every publish count as slow (pauseAfterMs 0) and the pause always the
+ *   cap, so the behaviour does not hang on how fast this machine's Pushpin answers; the probe's
+ *   test puts a relay that holds requests in front of the real Pushpin.
  */
 import test, { type ExecutionContext } from "ava";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
