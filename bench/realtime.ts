@@ -519,8 +519,11 @@ try {
     log("fan-out: subscribers connected", { n: subs.length, seconds: connectS, mode });
     const mem0 = { pushpin_mb: pushpinMb(), server_mb: treeRssMb(server.pid!), worker_mb: treeRssMb(worker.pid!) };
     // CPU while the events flow, in % of one core: who takes the machine's cores.
-    const cpuNow = () => ({ pushpin: pushpins.reduce((a, p) => a + treeCpuS(p.child.pid!), 0), server: treeCpuS(server.pid!),
-      worker: treeCpuS(worker.pid!), subscribers: (process.cpuUsage().user + process.cpuUsage().system) / 1e6, t: performance.now() / 1000 });
+    const cpuNow = () => {
+      const own = process.cpuUsage();
+      return { pushpin: pushpins.reduce((a, p) => a + treeCpuS(p.child.pid!), 0), server: treeCpuS(server.pid!),
+        worker: treeCpuS(worker.pid!), subscribers: (own.user + own.system) / 1e6, t: performance.now() / 1000 };
+    };
     const cpu0 = cpuNow();
     recording = true;
     if (mode === "pipeline") await produce(user.id, job, FANOUT_RATE, SECONDS, 1);

@@ -11,6 +11,7 @@
  */
 import test, { type ExecutionContext } from "ava";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
+import http from "node:http";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { startStack, signUp, freePort, freePortRange, type Stack, type TestUser } from "./helpers/stack.ts";
@@ -143,7 +144,6 @@ test.serial("publishes faster than pauseAfterMs are not followed by a pause", as
  * `firstMs` (one that waited for an earlier fan-out); every request then goes through unchanged.
  */
 async function busyPushpinRelay(probeMs: number, firstMs: number) {
-  const http = await import("node:http");
   let first = true;
   const server = http.createServer(async (req, res) => {
     const chunks: Buffer[] = [];
