@@ -268,9 +268,10 @@ comment on function app_public.revoke_api_token(bigint) is E'@resultFieldName ap
 grant execute on function app_public.revoke_api_token(bigint) to tdc_user;
 
 -- Called by the server (as the authenticator, before it switches role) for every request that
--- carries a token. Returns the role to become; raises TDA03/04/05 otherwise.
-create or replace function app_hidden.resolve_token(token text,
-  out role_name text, out user_id bigint, out session_id uuid)
+-- carries a token. Returns the role to become and when the token expires; raises TDA03/04/05 otherwise.
+drop function if exists app_hidden.resolve_token(text);
+create function app_hidden.resolve_token(token text,
+  out role_name text, out user_id bigint, out session_id uuid, out expires_at timestamptz)
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp as $$
 declare
   parts text[];
@@ -283,8 +284,8 @@ begin
     raise exception 'Invalid token' using errcode = 'TDA03';
   end if;
   if token like 'tdc\_%' then
-    select u.role_name, u.id, null::uuid
-      into role_name, user_id, session_id
+    select u.role_name, u.id, null::uuid, t.expires_at
+      into role_name, user_id, session_id, expires_at
       from app_public.api_tokens t join app_public.users u on u.id = t.user_id
      where t.token_hash = public.digest(token, 'sha256');
     if user_id is null then
@@ -326,14 +327,15 @@ begin
   exception when others then
     raise exception 'Invalid token' using errcode = 'TDA03';
   end;
-  select u.role_name, u.id, s.id into role_name, user_id, session_id
+  select u.role_name, u.id, s.id, least(to_timestamp((v_claims ->> 'exp')::numeric), s.expires_at)
+    into role_name, user_id, session_id, expires_at
     from app_private.sessions s join app_public.users u on u.id = s.user_id
    where s.id = v_sid and s.ended_at is null and s.expires_at > now();
   if user_id is null then
     raise exception 'This session has ended; sign in again' using errcode = 'TDA05';
   end if;
 end $$;
-comment on function app_hidden.resolve_token(text) is 'Verify a JWT or API token and name the role to run the request as. Only the server''s authenticator role may call it.';
+comment on function app_hidden.resolve_token(text) is 'Verify a JWT or API token and name the role to run the request as, and when the token expires (null: an API token without expiry). Only the server''s authenticator role may call it.';
 revoke all on function app_hidden.resolve_token(text) from public;
 grant execute on function app_hidden.resolve_token(text) to tdc_authenticator;
 

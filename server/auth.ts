@@ -9,8 +9,9 @@ import type { Request, Response, NextFunction } from "express";
 import type pg from "pg";
 import { ROLES } from "./roles.ts";
 
-export interface Auth { role: string; userId: string | null; sessionId: string | null }
-export const ANONYMOUS: Auth = { role: ROLES.anonymous, userId: null, sessionId: null };
+/** `expiresAt`: when the token stops working (null: anonymous, or an API token without expiry). */
+export interface Auth { role: string; userId: string | null; sessionId: string | null; expiresAt: Date | null }
+export const ANONYMOUS: Auth = { role: ROLES.anonymous, userId: null, sessionId: null, expiresAt: null };
 
 declare module "express-serve-static-core" {
   interface Request { tdcAuth?: Auth }
@@ -35,9 +36,9 @@ export function tokenFrom(req: Request): string | null {
 export async function resolveToken(pool: pg.Pool, token: string): Promise<Auth> {
   if (token.length > 4096) throw new AuthError("token is too long", "TDA02");
   try {
-    const { rows } = await pool.query("select role_name, user_id, session_id from app_hidden.resolve_token($1)", [token]);
+    const { rows } = await pool.query("select role_name, user_id, session_id, expires_at from app_hidden.resolve_token($1)", [token]);
     const r = rows[0];
-    return { role: r.role_name, userId: String(r.user_id), sessionId: r.session_id == null ? null : String(r.session_id) };
+    return { role: r.role_name, userId: String(r.user_id), sessionId: r.session_id == null ? null : String(r.session_id), expiresAt: r.expires_at };
   } catch (e: any) {
     if (typeof e.code === "string" && e.code.startsWith("TDA")) throw new AuthError(e.message, e.code);
     throw e;

@@ -76,6 +76,7 @@ const denied: Array<[string, string]> = [
   ["read the event log", "select * from app_private.events"],
   ["read token hashes", "select token_hash from app_public.api_tokens"],
   ["resolve tokens like the server", "select * from app_hidden.resolve_token('x')"],
+  ["queue stream re-checks like the server", "select app_hidden.queue_stream_expiry(1, '0123456789abcdef', now())"],
   ["emit events", "select app_hidden.emit_event(1, 'imports', null, 'x', '{}')"],
   ["sign a JWT", "select app_private.sign_jwt('{}')"],
   ["read pg_authid", "select rolpassword from pg_authid"],

@@ -239,7 +239,7 @@ export class Forwarder {
     // channel, and the origin ends those that may no longer be served (see routes/stream.ts).
     if (this.recheckDue) {
       this.recheckDue = false;
-      const rechecks = await this.pool.query("select id, grip_channel from app_private.stream_rechecks order by id limit 1000");
+      const rechecks = await this.pool.query("select id, grip_channel from app_private.stream_rechecks where due_at <= now() order by id limit 1000");
       if (rechecks.rows.length) {
         const channels = [...new Set(rechecks.rows.map((r) => r.grip_channel as string))];
         await this.publish(channels.map((channel) => ({ channel, formats: { "http-stream": { action: "hint" } } })));

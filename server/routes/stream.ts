@@ -5,7 +5,9 @@
  * the channel's Pushpin channel with `prev-id` = the last id it sent, and gives
  * a `Grip-Link` (rel=next) Pushpin calls back with `Grip-Last` whenever it sees
  * a gap (or the stream was idle for a while), so lost publishes are repaired
- * from the event log. Long replays are paged the same way.
+ * from the event log. Long replays are paged the same way. Each held stream also
+ * listens on its token's own Pushpin channel, where a re-check due at the token's
+ * expiry ends it (app_hidden.queue_stream_expiry, docs/realtime.md "Ending streams").
  */
 import type { Express, Request, Response } from "express";
 import { createHash } from "node:crypto";
@@ -113,6 +115,7 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     let lastSent: number;
     let more = false;
     let gripChannel: string;
+    let channelId: string;
     try {
       // One snapshot for the bounds and the events: what we send and prev-id agree.
       await client.query("begin isolation level repeatable read read only");
@@ -127,6 +130,7 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
         throw e;
       }
       gripChannel = open.grip_channel;
+      channelId = open.channel_id;
       const head = Number(open.head);
       const pruned = Number(open.pruned_through);
       // Answers end at what the forwarder has published (an item boundary): the stream is then
@@ -163,6 +167,16 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       client.release();
     }
 
+    // The stream ends when its token expires, busy channel or not: see app_hidden.queue_stream_expiry.
+    const holds = !(more && !isLink);
+    if (holds && kind === "client" && auth.expiresAt) {
+      try {
+        await pool.query("select app_hidden.queue_stream_expiry($1, $2, $3)", [channelId, tag, auth.expiresAt]);
+      } catch (e) {
+        logger.error({ err: (e as Error).message }, "stream expiry not queued");
+        return fail(res, { status: 503, code: "TDC00", message: "Temporarily unavailable" });
+      }
+    }
     const base = `/channels/${encodeURIComponent(name)}/events`;
     const query = `?access_token=${encodeURIComponent(token)}`;
     const link = more && !isLink ? `${base}/page/${tag}/${lastSent}${query}` : `${base}/next/${tag}${query}`;
@@ -170,7 +184,7 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       "content-type": "text/event-stream",
       "cache-control": "no-cache",
     });
-    if (more && !isLink) {
+    if (!holds) {
       // Not everything fits one answer: Pushpin fetches the next page at once and appends it.
       res.set("grip-link", `<${link}>; rel=next`);
     } else {
@@ -179,7 +193,8 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       // second, or at once when the next live event shows the gap.
       res.set({
         "grip-hold": "stream",
-        "grip-channel": `${gripChannel}; prev-id=${lastSent}`,
+        // The events, and the token's own channel (only ever sent re-check hints: its expiry).
+        "grip-channel": `${gripChannel}; prev-id=${lastSent}, ${gripChannel}-t-${tag}`,
         "grip-link": `<${link}>; rel=next; timeout=${more ? 1 : LINK_TIMEOUT_S}`,
         "grip-keep-alive": `:\\n\\n; format=cstring; timeout=${KEEP_ALIVE_S}`,
       });
