@@ -168,8 +168,10 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     }
 
     // The stream ends when its token expires, busy channel or not: see app_hidden.queue_stream_expiry.
+    // Every holding answer queues it (the first one may be a page of a long replay, which does not
+    // hold; a queued expiry is kept once per token channel and time, so repeats cost an index probe).
     const holds = !(more && !isLink);
-    if (holds && kind === "client" && auth.expiresAt) {
+    if (holds && auth.expiresAt) {
       try {
         await pool.query("select app_hidden.queue_stream_expiry($1, $2, $3)", [channelId, tag, auth.expiresAt]);
       } catch (e) {
@@ -179,7 +181,7 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     }
     const base = `/channels/${encodeURIComponent(name)}/events`;
     const query = `?access_token=${encodeURIComponent(token)}`;
-    const link = more && !isLink ? `${base}/page/${tag}/${lastSent}${query}` : `${base}/next/${tag}${query}`;
+    const link = holds ? `${base}/next/${tag}${query}` : `${base}/page/${tag}/${lastSent}${query}`;
     res.status(200).set({
       "content-type": "text/event-stream",
       "cache-control": "no-cache",
