@@ -493,18 +493,22 @@ create trigger _900_tdc_recheck_streams after update of revoked_at on app_public
 -- channel (<channel's>-t-<tag>, tag = the token's hash prefix the stream route puts in its links), and
 -- a re-check of that channel, due when the token expires, makes Pushpin re-request those streams'
 -- links, which the origin then refuses (TDA04). Other tokens' streams on the channel are not touched.
-create or replace function app_hidden.queue_stream_expiry(p_channel_id bigint, p_tag text, p_expires_at timestamptz)
-returns void
+drop function if exists app_hidden.queue_stream_expiry(bigint, text, timestamptz);
+create function app_hidden.queue_stream_expiry(p_channel_id bigint, p_tag text, p_expires_at timestamptz)
+returns text
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_channel text := app_hidden.grip_channel(p_channel_id) || '-t-' || p_tag;
 begin
   if p_tag !~ '^[0-9a-f]{16}$' or p_expires_at is null then
     raise exception 'queue_stream_expiry: bad arguments' using errcode = '22023';
   end if;
   insert into app_private.stream_rechecks (grip_channel, reason, due_at)
-    values (app_hidden.grip_channel(p_channel_id) || '-t-' || p_tag, 'token_expired', p_expires_at)
+    values (v_channel, 'token_expired', p_expires_at)
     on conflict (grip_channel, due_at) where reason = 'token_expired' do nothing;
+  return v_channel;
 end $$;
-comment on function app_hidden.queue_stream_expiry(bigint, text, timestamptz) is 'For the SSE route: queue the re-check that ends a token''s streams on a channel when the token expires (once per token channel and expiry). Only the server''s authenticator role may call it.';
+comment on function app_hidden.queue_stream_expiry(bigint, text, timestamptz) is 'For the SSE route: queue the re-check that ends a token''s streams on a channel when the token expires (once per token channel and expiry), and name the token channel those streams must also listen on. Only the server''s authenticator role may call it.';
 revoke all on function app_hidden.queue_stream_expiry(bigint, text, timestamptz) from public;
 grant execute on function app_hidden.queue_stream_expiry(bigint, text, timestamptz) to tdc_authenticator;
 

@@ -5,9 +5,10 @@
  * the channel's Pushpin channel with `prev-id` = the last id it sent, and gives
  * a `Grip-Link` (rel=next) Pushpin calls back with `Grip-Last` whenever it sees
  * a gap (or the stream was idle for a while), so lost publishes are repaired
- * from the event log. Long replays are paged the same way. Each held stream also
- * listens on its token's own Pushpin channel, where a re-check due at the token's
- * expiry ends it (app_hidden.queue_stream_expiry, docs/realtime.md "Ending streams").
+ * from the event log. Long replays are paged the same way. A stream whose token
+ * expires also listens on the token's own Pushpin channel, where a re-check due at
+ * the expiry ends it (app_hidden.queue_stream_expiry names that channel and queues
+ * the re-check; docs/realtime.md "Ending streams").
  */
 import type { Express, Request, Response } from "express";
 import { createHash } from "node:crypto";
@@ -171,9 +172,10 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
     // Every holding answer queues it (the first one may be a page of a long replay, which does not
     // hold; a queued expiry is kept once per token channel and time, so repeats cost an index probe).
     const holds = !(more && !isLink);
+    let expiryChannel: string | null = null;  // the token's own Pushpin channel, where its expiry re-check comes
     if (holds && auth.expiresAt) {
       try {
-        await pool.query("select app_hidden.queue_stream_expiry($1, $2, $3)", [channelId, tag, auth.expiresAt]);
+        expiryChannel = (await pool.query("select app_hidden.queue_stream_expiry($1, $2, $3) as c", [channelId, tag, auth.expiresAt])).rows[0].c;
       } catch (e) {
         logger.error({ err: (e as Error).message }, "stream expiry not queued");
         return fail(res, { status: 503, code: "TDC00", message: "Temporarily unavailable" });
@@ -195,8 +197,8 @@ export function installStream(app: Express, pool: pg.Pool, opts: { gripSigKey: s
       // second, or at once when the next live event shows the gap.
       res.set({
         "grip-hold": "stream",
-        // The events, and the token's own channel (only ever sent re-check hints: its expiry).
-        "grip-channel": `${gripChannel}; prev-id=${lastSent}, ${gripChannel}-t-${tag}`,
+        // The events, and for a token that expires its own channel (only ever sent its expiry re-check).
+        "grip-channel": `${gripChannel}; prev-id=${lastSent}${expiryChannel ? `, ${expiryChannel}` : ""}`,
         "grip-link": `<${link}>; rel=next; timeout=${more ? 1 : LINK_TIMEOUT_S}`,
         "grip-keep-alive": `:\\n\\n; format=cstring; timeout=${KEEP_ALIVE_S}`,
       });
